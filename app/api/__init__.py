@@ -1,0 +1,1 @@
+"""The HTTP layer: schemas, dependencies, routes and the error mapping."""

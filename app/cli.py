@@ -1,0 +1,139 @@
+"""The `pe-search` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.settings import Settings
+from app.variants import VARIANTS
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k in ("model", "weights", "device", "host", "port") if (v := getattr(args, k, None)) is not None}
+    return Settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(args)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _encoder(args: argparse.Namespace):
+    from app.registry import ModelRegistry
+
+    return ModelRegistry(_settings(args)).get()
+
+
+def _emit(model: str, inputs: Sequence[str], vectors) -> None:
+    json.dump({"model": model, "dim": int(vectors.shape[1]), "inputs": list(inputs), "embeddings": vectors.tolist()}, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def cmd_embed_text(args: argparse.Namespace) -> int:
+    encoder = _encoder(args)
+    _emit(encoder.variant.version_id, args.text, encoder.embed_texts(args.text))
+    return 0
+
+
+def cmd_embed_image(args: argparse.Namespace) -> int:
+    from app.errors import ImageLoadError
+    from app.imaging import decode_image
+
+    images = []
+    for path in args.path:
+        try:
+            images.append(decode_image(Path(path).read_bytes()))
+        except (OSError, ImageLoadError) as exc:
+            print(f"pe-search: {path}: {exc}", file=sys.stderr)
+            return 2
+    encoder = _encoder(args)
+    _emit(encoder.variant.version_id, args.path, encoder.embed_images(images))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from app.weights import cached_hub_checkpoint
+
+    settings = _settings(args)
+    rows = [
+        {
+            "id": v.version_id,
+            "open_clip": v.open_clip_name,
+            "dim": v.dim,
+            "image_size": v.image_size,
+            "context_length": v.context_length,
+            "default": v.version_id == settings.model,
+            "cached": cached_hub_checkpoint(v, settings.cache_dir) is not None,
+        }
+        for v in VARIANTS.values()
+    ]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{'model':<18}{'open_clip name':<22}{'dim':>5}{'input':>7}{'ctx':>5}  cached")
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        print(f"{r['id']:<18}{r['open_clip']:<22}{r['dim']:>5}{r['image_size']:>7}{r['context_length']:>5}  {'yes' if r['cached'] else 'no'}{mark}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pe-search", description="Image embeddings and search on PE-Core.")
+    model_opts = argparse.ArgumentParser(add_help=False)
+    model_opts.add_argument("--model", help="PE-Core variant (default: PE_SEARCH_MODEL or PE-Core-L14-336)")
+    model_opts.add_argument("--weights", help="hub, a checkpoint path, or random (default: PE_SEARCH_WEIGHTS or hub)")
+    model_opts.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[model_opts], help="run the HTTP service")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
+    serve.add_argument("--port", type=int, help="port (default 9001)")
+    serve.set_defaults(func=cmd_serve)
+
+    text = sub.add_parser("embed-text", parents=[model_opts], help="embed texts, JSON on stdout")
+    text.add_argument("text", nargs="+")
+    text.set_defaults(func=cmd_embed_text)
+
+    image = sub.add_parser("embed-image", parents=[model_opts], help="embed image files, JSON on stdout")
+    image.add_argument("path", nargs="+")
+    image.set_defaults(func=cmd_embed_image)
+
+    models = sub.add_parser("models", help="list the PE-Core variants and which are cached locally")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = os.environ.get("PE_SEARCH_LOG_LEVEL", "info")
+    # open_clip logs its progress on the root logger at INFO: keep that at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("app").setLevel(level.upper())
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 - a CLI prints one line, not a traceback
+        from pydantic import ValidationError
+
+        from app.errors import PESearchError
+
+        if isinstance(exc, (PESearchError, ValidationError)):
+            print(f"pe-search: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

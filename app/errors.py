@@ -1,0 +1,49 @@
+"""Domain errors. Each maps to one HTTP status in `app.api.errors`, and nowhere else."""
+
+from __future__ import annotations
+
+
+class PESearchError(Exception):
+    """Base of every error pe-search reports to a client."""
+
+
+class InvalidInputError(PESearchError):
+    """The request is well-formed JSON but asks for something that cannot be done."""
+
+
+class ImageLoadError(InvalidInputError):
+    """An image could not be turned into pixels (bad base64, not an image, refused URL...)."""
+
+    def __init__(self, cause: str) -> None:
+        self.cause = cause
+        super().__init__(f"Could not load input image. Cause: {cause}")
+
+
+class UnknownModelError(InvalidInputError):
+    """A version id that names no PE-Core variant."""
+
+    def __init__(self, version_id: str, valid: list[str]) -> None:
+        self.version_id = version_id
+        super().__init__(
+            f"Unknown perception_encoder_version_id {version_id!r}. Valid ids: {', '.join(valid)}."
+        )
+
+
+class TooManyItemsError(InvalidInputError):
+    """More items in one request than PE_SEARCH_MAX_BATCH allows."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.count = count
+        self.limit = limit
+        super().__init__(
+            f"Too many items in one request: {count} given, at most {limit} allowed "
+            "(set PE_SEARCH_MAX_BATCH to change the limit)."
+        )
+
+
+class ModelUnavailableError(PESearchError):
+    """The model asked for is not loaded and cannot be loaded right now."""
+
+
+class WeightsError(ModelUnavailableError):
+    """A checkpoint could not be found, downloaded, read, or matched to the variant."""

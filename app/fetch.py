@@ -1,0 +1,125 @@
+"""Server-side fetch of `url` images: scheme and address rules, timeouts, byte and redirect caps."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from app.errors import ImageLoadError
+
+Resolver = Callable[[str, int], list[str]]
+_CHUNK = 64 * 1024
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+def is_public_address(address: str) -> bool:
+    """True only for globally routable unicast addresses (IPv4-mapped IPv6 unwrapped)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    enabled: bool = True
+    allow_http: bool = False
+    allow_ip_hosts: bool = False
+    allow_private_hosts: bool = False
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    max_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 3
+
+
+def check_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver) -> None:
+    """Refuse a URL the policy forbids; a pure check but for the DNS lookup."""
+    if not policy.enabled:
+        raise ImageLoadError("URL inputs are disabled on this server (PE_SEARCH_URL_INPUT_ENABLED)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ImageLoadError(f"only http and https URLs are accepted, not {parts.scheme or 'no scheme'!r}")
+    if parts.scheme == "http" and not policy.allow_http:
+        raise ImageLoadError("plain http URLs are refused; use https (or set PE_SEARCH_URL_ALLOW_HTTP=true)")
+    host = parts.hostname
+    if not host:
+        raise ImageLoadError("the URL has no host")
+    if _is_ip_literal(host) and not policy.allow_ip_hosts:
+        raise ImageLoadError("URLs with a bare IP address as host are refused (PE_SEARCH_URL_ALLOW_IP_HOSTS)")
+    if policy.allow_private_hosts:
+        return
+    try:
+        addresses = resolver(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError as exc:
+        raise ImageLoadError(f"the URL's host {host!r} could not be resolved") from exc
+    if not addresses or not all(is_public_address(a) for a in addresses):
+        raise ImageLoadError(
+            f"the URL's host {host!r} resolves to a private, loopback or reserved address, which is refused"
+        )
+
+
+class UrlFetcher:
+    """Fetches image bytes with every hop checked against the policy."""
+
+    def __init__(self, policy: UrlPolicy, resolver: Resolver = system_resolver) -> None:
+        self.policy = policy
+        self.resolver = resolver
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "pe-search"
+
+    def fetch(self, url: str) -> bytes:
+        deadline = time.monotonic() + self.policy.connect_timeout + self.policy.read_timeout
+        for _ in range(self.policy.max_redirects + 1):
+            check_url(url, self.policy, self.resolver)
+            try:
+                response = self.session.get(
+                    url,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+                )
+            except requests.RequestException as exc:
+                raise ImageLoadError(f"the URL could not be fetched ({type(exc).__name__})") from exc
+            with response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers.get("Location", ""))
+                    continue
+                if response.status_code != 200:
+                    raise ImageLoadError(f"the URL answered HTTP {response.status_code}")
+                return self._read_capped(response, deadline)
+        raise ImageLoadError(f"the URL redirected more than {self.policy.max_redirects} times")
+
+    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+        limit = self.policy.max_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ImageLoadError(f"the image at the URL is larger than {limit} bytes")
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise ImageLoadError(f"the image at the URL is larger than {limit} bytes")
+                if time.monotonic() > deadline:
+                    raise ImageLoadError("fetching the URL took too long")
+        except requests.RequestException as exc:
+            raise ImageLoadError(f"the URL could not be read ({type(exc).__name__})") from exc
+        return bytes(body)

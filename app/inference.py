@@ -1,0 +1,34 @@
+"""Keeps blocking work off the event loop: one model thread, and the shared pool for I/O and decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+from anyio import to_thread
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class InferenceRunner:
+    """Runs model calls one at a time on a dedicated thread: torch already uses every core
+    inside one forward pass, so concurrent passes would only contend."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pe-inference")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Decoding, fetching and model loading: the shared worker-thread pool."""
+    return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))

@@ -1,0 +1,78 @@
+"""All configuration, read once from the environment (prefix PE_SEARCH_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.fetch import UrlPolicy
+from app.variants import DEFAULT_VERSION_ID, VARIANTS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PE_SEARCH_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9001, ge=1, le=65535)
+
+    # Roboflow deployments set PERCEPTION_ENCODER_VERSION_ID; honour it when ours is unset.
+    model: str = Field(
+        default=DEFAULT_VERSION_ID,
+        validation_alias=AliasChoices("PE_SEARCH_MODEL", "PERCEPTION_ENCODER_VERSION_ID"),
+    )
+    # "hub" downloads on first use, a path loads a local checkpoint, "random" builds
+    # the real architecture with random weights (tests and development only).
+    weights: str = "hub"
+    device: str = "auto"
+    data_dir: Path = Path("data")
+    cache_dir: Path | None = None
+    max_batch: int = Field(default=64, ge=1, le=4096)
+    # How many images or texts go through the model in one forward pass.
+    inference_batch: int = Field(default=32, ge=1, le=1024)
+    max_loaded_models: int = Field(default=2, ge=1, le=5)
+    torch_threads: int = Field(default=0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # URL images, refused as Roboflow does by default: plain http and bare IP hosts.
+    url_input_enabled: bool = True
+    url_allow_http: bool = False
+    url_allow_ip_hosts: bool = False
+    # Off by default so clients cannot point the server at the network it sits in.
+    url_allow_private_hosts: bool = False
+    url_connect_timeout: float = Field(default=5.0, gt=0)
+    url_read_timeout: float = Field(default=15.0, gt=0)
+    url_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    url_max_redirects: int = Field(default=3, ge=0, le=20)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in VARIANTS:
+            raise ValueError(f"unknown model {value!r}; valid: {', '.join(VARIANTS)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == "random"
+
+    def url_policy(self) -> UrlPolicy:
+        return UrlPolicy(
+            enabled=self.url_input_enabled,
+            allow_http=self.url_allow_http,
+            allow_ip_hosts=self.url_allow_ip_hosts,
+            allow_private_hosts=self.url_allow_private_hosts,
+            connect_timeout=self.url_connect_timeout,
+            read_timeout=self.url_read_timeout,
+            max_bytes=self.url_max_bytes,
+            max_redirects=self.url_max_redirects,
+        )

@@ -1,0 +1,1 @@
+"""The vector store: FAISS indexes with SQLite metadata (built on top of the embedding service)."""

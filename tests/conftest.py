@@ -1,0 +1,47 @@
+"""Session fixtures: the real PE-Core architecture (smallest variant, random weights), built once."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the suite may reach the model hub; fail fast instead of waiting on the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.encoder import PEEncoder
+from app.main import create_app
+from app.settings import Settings
+
+TEST_MODEL = "PE-Core-T16-384"
+TEST_MAX_BATCH = 16
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        model=TEST_MODEL,
+        weights="random",
+        device="cpu",
+        data_dir=tmp_path_factory.mktemp("data"),
+        max_batch=TEST_MAX_BATCH,
+        inference_batch=8,
+        # Tests fetch from a server on 127.0.0.1; the refusal rules are tested as pure functions.
+        url_allow_http=True,
+        url_allow_ip_hosts=True,
+        url_allow_private_hosts=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> TestClient:
+    app = create_app(settings)
+    with TestClient(app) as test_client:
+        app.state.registry.get()  # blocks until the start-up load has finished
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def encoder(client: TestClient) -> PEEncoder:
+    return client.app.state.registry.get()
