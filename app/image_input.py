@@ -15,7 +15,8 @@ from app.imaging import decode_image
 
 _DATA_URL_PREFIX = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
-_URLSAFE_B64 = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+# Either alphabet: unpadded standard base64 (with + and /) must reach the lenient decode too.
+_ANY_B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 
 
 def decode_base64(value: Any) -> bytes:
@@ -27,7 +28,7 @@ def decode_base64(value: Any) -> bytes:
     except (binascii.Error, ValueError):
         pass
     # Some clients send URL-safe base64 or drop the padding.
-    if _URLSAFE_B64.fullmatch(text):
+    if _ANY_B64.fullmatch(text):
         try:
             return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):

@@ -3,36 +3,52 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from app.errors import ImageLoadError
 
 # Modes whose samples exceed 8 bits: PIL's convert("RGB") would clip them, not scale them.
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
+_ORIENTATION_TAG = 0x0112
+# EXIF Orientation value -> the transpose that displays the stored pixels upright.
+_ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
-def decode_image(data: bytes) -> Image.Image:
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode any format Pillow reads into RGB, EXIF orientation applied, first frame only.
 
     Alpha is dropped, not composited, as Roboflow's server and open_clip's
-    `convert("RGB")` do, so embeddings match theirs for the same file.
+    `convert("RGB")` do, so embeddings match theirs for the same file. Images over
+    `max_pixels` (default: Pillow's MAX_IMAGE_PIXELS) are refused before decoding.
     """
     if not data:
         raise ImageLoadError("the image is empty (0 bytes)")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return to_rgb(image)
+        image = Image.open(io.BytesIO(data))
+        # Checked here rather than through Pillow's warning, whose filter is process-wide
+        # state that concurrent decoding threads would race on.
+        if limit and image.width * image.height > limit:
+            raise ImageLoadError(
+                f"the image is too large to decode safely ({image.width}x{image.height} pixels, limit {limit})"
+            )
+        image.seek(0)
+        image.load()
+        return to_rgb(_upright(image))
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageLoadError(_reason(exc)) from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Truncated or corrupt files surface as any of these from Pillow's plugins.
@@ -43,6 +59,16 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "the data is not an image in a supported format (JPEG, PNG, WebP, BMP, GIF, TIFF)"
     return f"the image is too large to decode safely ({exc})"
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation.
+
+    Not `ImageOps.exif_transpose`: it also re-serialises the EXIF block for the output and
+    raises struct.error on tags it cannot write back, failing an image that decoded fine.
+    """
+    method = _ORIENTATION_FIX.get(image.getexif().get(_ORIENTATION_TAG, 1))
+    return image.transpose(method) if method is not None else image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -59,7 +85,9 @@ def _wide_to_rgb(image: Image.Image) -> Image.Image:
     """Scale 16-bit and float grayscale to 8 bits instead of saturating at 255."""
     array = np.asarray(image, dtype=np.float64)
     if image.mode == "F":
-        low, high = float(array.min()), float(array.max())
+        finite = np.isfinite(array)
+        low, high = (float(array[finite].min()), float(array[finite].max())) if finite.any() else (0.0, 0.0)
+        array = np.where(finite, array, low)
         scale = 255.0 / (high - low) if high > low else 0.0
         array = (array - low) * scale
     else:
