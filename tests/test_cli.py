@@ -1,0 +1,63 @@
+"""The pe-search command line, run in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from app.encoder import PEEncoder
+from app.imaging import decode_image
+from tests.images import encode, photo
+
+MODEL_ARGS = ["--model", "PE-Core-T16-384", "--weights", "random", "--device", "cpu"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_variants_dims_and_cache(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PE_SEARCH_CACHE_DIR", str(tmp_path))
+    code, out, _ = run(capsys, "models", "--json")
+    rows = {row["id"]: row for row in json.loads(out)}
+    assert code == 0
+    assert {k: v["dim"] for k, v in rows.items()} == {
+        "PE-Core-T16-384": 512, "PE-Core-S16-384": 512, "PE-Core-B16-224": 1024,
+        "PE-Core-L14-336": 1024, "PE-Core-G14-448": 1280,
+    }
+    assert not any(row["cached"] for row in rows.values())
+    assert rows["PE-Core-L14-336"]["default"]
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "PE-Core-G14-448" in out and "(default)" in out
+
+
+def test_embed_text_and_image_print_json(capsys, tmp_path: Path, encoder: PEEncoder) -> None:
+    code, out, _ = run(capsys, "embed-text", *MODEL_ARGS, "a cat", "a dog")
+    result = json.loads(out)
+    assert code == 0 and result["model"] == "PE-Core-T16-384" and result["dim"] == 512
+    np.testing.assert_allclose(result["embeddings"], encoder.embed_texts(["a cat", "a dog"]), atol=1e-6)
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode(photo(300, 200, seed=4), "JPEG"))
+    code, out, _ = run(capsys, "embed-image", *MODEL_ARGS, str(path))
+    result = json.loads(out)
+    assert code == 0 and result["inputs"] == [str(path)]
+    np.testing.assert_allclose(result["embeddings"], encoder.embed_images([decode_image(path.read_bytes())]), atol=1e-6)
+
+
+def test_embed_image_reports_a_bad_file(capsys, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    code, out, err = run(capsys, "embed-image", *MODEL_ARGS, str(bad))
+    assert code == 2 and out == "" and "notes.jpg" in err and "not an image" in err
+
+
+def test_unknown_model_is_a_one_line_error(capsys) -> None:
+    code, _, err = run(capsys, "embed-text", "--model", "PE-Core-X99", "a cat")
+    assert code == 2 and "unknown model" in err and "Traceback" not in err

@@ -1,0 +1,48 @@
+"""PE's preprocessing is applied whatever the weights source, checked against an independent computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from app.encoder import PEEncoder, pe_transform
+from app.variants import get_variant
+from tests.images import photo
+
+
+def reference_pe_transform(image: Image.Image, size: int) -> torch.Tensor:
+    """Squash to size x size, bilinear with antialias, [0, 1], then (x - 0.5) / 0.5; done in torch."""
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
+    resized = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return ((resized / 255.0 - 0.5) / 0.5)[0]
+
+
+@pytest.mark.parametrize("width,height", [(640, 480), (300, 900), (100, 60)])
+def test_transform_matches_independent_computation(width: int, height: int) -> None:
+    image = photo(width, height, seed=width)
+    ours = pe_transform(384)(image)
+    reference = reference_pe_transform(image, 384)
+    assert ours.shape == (3, 384, 384)
+    difference = (ours - reference).abs()
+    # PIL resizes in uint8, torch in float: they differ by rounding, about one grey level.
+    assert difference.mean() < 0.01
+    assert difference.max() < 0.05
+
+
+def test_open_clip_fallback_would_differ_so_the_parity_test_can_fail() -> None:
+    """Without PE's values open_clip silently uses CLIP's mean/std and a centre crop."""
+    image = photo(640, 480, seed=1)
+    _, _, clip_default = open_clip.create_model_and_transforms("PE-Core-T-16-384", pretrained=None)
+    assert (clip_default(image) - reference_pe_transform(image, 384)).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("weights", ["random", "/nonexistent/checkpoint.pt", "hub"])
+def test_every_weights_source_gets_pe_transform(weights: str) -> None:
+    image = photo(500, 200, seed=2)
+    encoder = PEEncoder(get_variant("PE-Core-T16-384"), weights=weights, device="cpu")
+    assert torch.equal(encoder.transform(image), pe_transform(384)(image))
+    assert (encoder.transform(image) - reference_pe_transform(image, 384)).abs().mean() < 0.01
