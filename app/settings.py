@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     weights: str = "hub"
     device: str = "auto"
     data_dir: Path = Path("data")
+    # Any SQLAlchemy URL; default: a SQLite file in the data dir.
+    database_url: str | None = None
     cache_dir: Path | None = None
     max_batch: int = Field(default=64, ge=1, le=4096)
     # How many images or texts go through the model in one forward pass.
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'pe-search.db').resolve()}"
 
     @property
     def random_weights(self) -> bool:

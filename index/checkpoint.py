@@ -1,0 +1,103 @@
+"""Index checkpoints: the FAISS file and the watermarks it covers, switched atomically.
+
+Layout per collection: `index-<n>.faiss` files and a `CHECKPOINT.json` naming the
+current one. Both are written to a temp file, fsynced and renamed, the JSON last,
+so a crash at any moment leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+
+from index.vector_index import IndexSpec, VectorIndex
+
+log = logging.getLogger(__name__)
+POINTER = "CHECKPOINT.json"
+
+
+@dataclass
+class Checkpoint:
+    """What an index file covers: every image id <= id_watermark, every tombstone <= tombstone_watermark."""
+
+    id_watermark: int = 0
+    tombstone_watermark: int = 0
+    count: int = 0
+    kind: str = "flat"
+    params: dict[str, Any] = field(default_factory=dict)
+    dim: int = 0
+    hidden: list[int] = field(default_factory=list)
+    file: str = ""
+    size: int = 0
+    model: str = ""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write) -> None:  # noqa: ANN001 - a callable taking the temp path
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save(directory: Path, index: VectorIndex, checkpoint: Checkpoint) -> Checkpoint:
+    directory.mkdir(parents=True, exist_ok=True)
+    previous = read_pointer(directory)
+    number = int(previous.file.split("-")[1].split(".")[0]) + 1 if previous and previous.file else 1
+    name = f"index-{number}.faiss"
+    _write_atomic(directory / name, lambda tmp: faiss.write_index(index.index, str(tmp)))
+    checkpoint.file = name
+    checkpoint.size = (directory / name).stat().st_size
+    checkpoint.kind, checkpoint.params, checkpoint.dim = index.spec.kind, index.spec.params, index.dim
+    checkpoint.hidden = sorted(index.hidden)
+    checkpoint.count = index.count
+    _write_atomic(directory / POINTER, lambda tmp: tmp.write_text(json.dumps(asdict(checkpoint))))
+    for old in directory.glob("index-*.faiss*"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return checkpoint
+
+
+def read_pointer(directory: Path) -> Checkpoint | None:
+    try:
+        return Checkpoint(**json.loads((directory / POINTER).read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as exc:
+        log.warning("Index checkpoint pointer %s is unreadable (%s)", directory / POINTER, exc)
+        return None
+
+
+def load(directory: Path) -> tuple[VectorIndex, Checkpoint] | None:
+    """The checkpointed index, or None when it is missing or damaged (the caller rebuilds)."""
+    checkpoint = read_pointer(directory)
+    if checkpoint is None or not checkpoint.file:
+        return None
+    path = directory / checkpoint.file
+    try:
+        if path.stat().st_size != checkpoint.size:
+            raise ValueError(f"size {path.stat().st_size} != recorded {checkpoint.size}")
+        raw = faiss.read_index(str(path))
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("Index file %s is missing or corrupt (%s)", path, exc)
+        return None
+    index = VectorIndex(IndexSpec(checkpoint.kind, checkpoint.params), checkpoint.dim, raw, set(checkpoint.hidden))
+    if index.count != checkpoint.count or raw.d != checkpoint.dim:
+        log.warning("Index file %s holds %d vectors, checkpoint says %d", path, index.count, checkpoint.count)
+        return None
+    return index, checkpoint

@@ -1,0 +1,193 @@
+"""Keyword-only data functions; the caller owns the session and the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from index.errors import CollectionNotFoundError
+from index.filters import SearchFilter, conditions
+from index.models import Collection, Failure, Image, Source, Tombstone, utcnow
+
+
+@dataclass
+class NewImage:
+    sha256: str
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    byte_size: int
+    vector: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+
+
+def get_collection(session: Session, *, name: str) -> Collection:
+    collection = session.scalar(select(Collection).where(Collection.name == name))
+    if collection is None:
+        raise CollectionNotFoundError(name)
+    return collection
+
+
+def count_images(session: Session, *, collection_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(Image).where(Image.collection_id == collection_id)) or 0
+
+
+def max_ids(session: Session, *, collection_id: int) -> tuple[int, int]:
+    image = session.scalar(select(func.max(Image.id)).where(Image.collection_id == collection_id)) or 0
+    tomb = session.scalar(select(func.max(Tombstone.id)).where(Tombstone.collection_id == collection_id)) or 0
+    return image, tomb
+
+
+def sources_by_uri(session: Session, *, collection_id: int, uris: Sequence[str]) -> dict[str, Source]:
+    rows = session.scalars(select(Source).where(Source.collection_id == collection_id, Source.uri.in_(uris)))
+    return {row.uri: row for row in rows}
+
+
+def ids_by_sha(session: Session, *, collection_id: int, shas: Iterable[str]) -> dict[str, int]:
+    rows = session.execute(
+        select(Image.sha256, Image.id).where(Image.collection_id == collection_id, Image.sha256.in_(list(shas)))
+    )
+    return {sha: image_id for sha, image_id in rows}
+
+
+def add_batch(session: Session, *, collection_id: int, items: Sequence[NewImage]) -> list[tuple[int, bool]]:
+    """Insert new images and point every item's source at its image, in a few set-based statements.
+
+    Returns (image id, created) per item; content already stored (same sha256) is not inserted again.
+    """
+    known = ids_by_sha(session, collection_id=collection_id, shas={i.sha256 for i in items})
+    fresh: dict[str, NewImage] = {}
+    for item in items:
+        if item.sha256 not in known:
+            fresh.setdefault(item.sha256, item)
+    if fresh:
+        rows = [_image_row(collection_id, item) for item in fresh.values()]
+        inserted = session.execute(
+            insert(Image).returning(Image.id, Image.sha256, sort_by_parameter_order=True), rows
+        ).all()
+        known.update({sha: image_id for image_id, sha in inserted})
+    created = {known[sha] for sha in fresh}
+    _point_sources(session, collection_id=collection_id, items=items, image_ids=[known[i.sha256] for i in items])
+    seen: set[int] = set()
+    results = []
+    for item in items:
+        image_id = known[item.sha256]
+        results.append((image_id, image_id in created and image_id not in seen))
+        seen.add(image_id)
+    return results
+
+
+def _image_row(collection_id: int, item: NewImage) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "collection_id": collection_id,
+        "sha256": item.sha256,
+        "uri": item.uri,
+        "width": item.width,
+        "height": item.height,
+        "format": item.format,
+        "byte_size": item.byte_size,
+        "meta": item.meta,
+        "vector": np.asarray(item.vector, dtype=np.float32).tobytes(),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _point_sources(session: Session, *, collection_id: int, items: Sequence[NewImage], image_ids: Sequence[int]) -> None:
+    uris = [item.uri for item in items]
+    existing = sources_by_uri(session, collection_id=collection_id, uris=uris)
+    new_rows = {}
+    for item, image_id in zip(items, image_ids):
+        values = {"image_id": image_id, "root": item.root, "size": item.size, "mtime": item.mtime}
+        if item.uri in existing:
+            source = existing[item.uri]
+            for key, value in values.items():
+                setattr(source, key, value)
+        else:
+            new_rows[item.uri] = {"collection_id": collection_id, "uri": item.uri, **values}
+    if new_rows:
+        session.execute(insert(Source), list(new_rows.values()))
+    session.execute(delete(Failure).where(Failure.collection_id == collection_id, Failure.uri.in_(uris)))
+
+
+def record_failure(session: Session, *, collection_id: int, uri: str, reason: str) -> None:
+    existing = session.scalar(select(Failure).where(Failure.collection_id == collection_id, Failure.uri == uri))
+    if existing is None:
+        session.add(Failure(collection_id=collection_id, uri=uri, reason=reason))
+    else:
+        existing.reason = reason
+
+
+def delete_images(session: Session, *, image_ids: Sequence[int]) -> dict[int, list[int]]:
+    """Delete images (their sources cascade) and leave tombstones; returns ids by collection."""
+    rows = session.execute(select(Image.id, Image.collection_id).where(Image.id.in_(list(image_ids)))).all()
+    by_collection: dict[int, list[int]] = {}
+    for image_id, collection_id in rows:
+        by_collection.setdefault(collection_id, []).append(image_id)
+        session.add(Tombstone(collection_id=collection_id, image_id=image_id))
+    session.execute(delete(Source).where(Source.image_id.in_([r[0] for r in rows])))
+    session.execute(delete(Image).where(Image.id.in_([r[0] for r in rows])))
+    return by_collection
+
+
+def update_metadata(session: Session, *, image_id: int, meta: dict[str, Any]) -> None:
+    session.execute(update(Image).where(Image.id == image_id).values(meta=meta))
+
+
+def iter_vectors(
+    session: Session, *, collection_id: int, after_id: int = 0, batch: int = 10_000
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) in id order, in batches, for rows with id > after_id."""
+    last = after_id
+    while True:
+        rows = session.execute(
+            select(Image.id, Image.vector)
+            .where(Image.collection_id == collection_id, Image.id > last)
+            .order_by(Image.id)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        yield ids, vectors
+        last = int(ids[-1])
+
+
+def tombstones_after(session: Session, *, collection_id: int, after_id: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Tombstone.image_id).where(Tombstone.collection_id == collection_id, Tombstone.id > after_id)
+        )
+    )
+
+
+def filtered_ids(session: Session, *, collection_id: int, search_filter: SearchFilter) -> np.ndarray:
+    query = select(Image.id).where(Image.collection_id == collection_id, *conditions(search_filter))
+    return np.fromiter(session.scalars(query), dtype=np.int64)
+
+
+def vectors_for(session: Session, *, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    rows = session.execute(select(Image.id, Image.vector).where(Image.id.in_(list(image_ids)))).all()
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+
+
+def images_by_id(session: Session, *, image_ids: Sequence[int]) -> dict[int, Image]:
+    return {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(list(image_ids))))}
+
+
+def failures(session: Session, *, collection_id: int) -> list[Failure]:
+    return list(session.scalars(select(Failure).where(Failure.collection_id == collection_id).order_by(Failure.id)))

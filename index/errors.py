@@ -1,0 +1,40 @@
+"""Errors of the vector store; the HTTP layer maps each to a status in one place."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of every error the store reports to a caller."""
+
+
+class CollectionNotFoundError(StoreError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"No collection named {name!r}.")
+
+
+class CollectionExistsError(StoreError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"A collection named {name!r} already exists.")
+
+
+class ModelMismatchError(StoreError):
+    """A query or insert through a model other than the one that built the collection."""
+
+    def __init__(self, collection: str, collection_model: str, dim: int, model: str) -> None:
+        super().__init__(
+            f"Collection {collection!r} was built with {collection_model} ({dim}-d vectors); "
+            f"it cannot be used with {model}. Use a collection of that model, or "
+            f"`pe-search reindex --collection {collection} --model {model}`."
+        )
+
+
+class ImageNotFoundError(StoreError):
+    def __init__(self, image_id: int) -> None:
+        self.image_id = image_id
+        super().__init__(f"No image with id {image_id}.")
+
+
+class InvalidFilterError(StoreError):
+    """A search filter that cannot be applied."""

@@ -1,0 +1,371 @@
+"""The vector store: SQLite (the truth, vectors included) plus one FAISS index per collection.
+
+FAISS files are derived checkpoints. On open, each collection loads its checkpoint
+and replays what came after it (new rows, tombstones); a missing or corrupt file is
+rebuilt from the database. Before each search the store catches up with rows that
+another process (a CLI ingest) committed since.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from index import checkpoint as ckpt
+from index import crud
+from index.db import session_factory, upgrade_database
+from index.errors import CollectionExistsError, CollectionNotFoundError, ImageNotFoundError, ModelMismatchError
+from index.filters import SearchFilter
+from index.models import Collection, Image, Source
+from index.vector_index import IndexSpec, VectorIndex, choose_spec
+
+log = logging.getLogger(__name__)
+# Below this many filter matches, score them exactly from their stored vectors.
+EXACT_FILTER_LIMIT = 50_000
+_IN_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    model: str
+    dim: int
+    metric: str
+    index_type: str
+    live_index: str
+    index_params: dict[str, Any]
+    count: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+
+
+class _Live:
+    """A collection's in-memory index and the database ids it reflects."""
+
+    def __init__(self, index: VectorIndex, checkpoint: ckpt.Checkpoint) -> None:
+        self.index = index
+        self.checkpoint = checkpoint
+        self.lock = threading.RLock()
+        self.dirty = False
+
+
+class VectorStore:
+    def __init__(self, *, engine: Engine, index_dir: Path, memory_budget: int = 8 * 1024**3) -> None:
+        self.engine = engine
+        self.sessions = session_factory(engine)
+        self.index_dir = index_dir
+        self.memory_budget = memory_budget
+        self._live: dict[int, _Live] = {}
+        self._lock = threading.RLock()
+
+    # --- lifecycle ---
+
+    def open(self) -> VectorStore:
+        upgrade_database(self.engine)
+        with self.sessions() as session:
+            collections = list(session.scalars(select(Collection)))
+        for collection in collections:
+            self._load(collection)
+        return self
+
+    def close(self) -> None:
+        self.checkpoint()
+        self.engine.dispose()
+
+    def _dir(self, collection_id: int) -> Path:
+        return self.index_dir / str(collection_id)
+
+    def _load(self, collection: Collection) -> _Live:
+        loaded = ckpt.load(self._dir(collection.id))
+        if loaded is None or loaded[1].model != collection.model:
+            if (self._dir(collection.id) / ckpt.POINTER).exists():
+                log.warning("Rebuilding the index of %r from the database", collection.name)
+            live = self._rebuild(collection)
+        else:
+            live = _Live(*loaded)
+            self._catch_up(collection.id, live)
+        with self._lock:
+            self._live[collection.id] = live
+        return live
+
+    def _rebuild(self, collection: Collection, requested: str | None = None) -> _Live:
+        with self.sessions() as session:
+            n = crud.count_images(session, collection_id=collection.id)
+            image_max, tomb_max = crud.max_ids(session, collection_id=collection.id)
+            spec = choose_spec(requested or collection.index_type, n, collection.dim, self.memory_budget, collection.index_params)
+            train = self._training_sample(session, collection.id, spec)
+            index = VectorIndex.build(spec, collection.dim, train)
+            for ids, vectors in crud.iter_vectors(session, collection_id=collection.id):
+                index.add(ids, vectors)
+        live = _Live(index, ckpt.Checkpoint(id_watermark=image_max, tombstone_watermark=tomb_max, model=collection.model))
+        live.dirty = True
+        log.info("Built a %s index of %d vectors for %r", spec.kind, index.count, collection.name)
+        return live
+
+    def _training_sample(self, session: Session, collection_id: int, spec: IndexSpec) -> np.ndarray | None:
+        if spec.kind != "ivfpq":
+            return None
+        # A random sample: the first rows by id are often one folder, not the whole collection.
+        limit = max(spec.params["nlist"] * 64, 2 ** spec.params["nbits"] * 64)
+        rows = session.scalars(
+            select(Image.vector).where(Image.collection_id == collection_id).order_by(func.random()).limit(limit)
+        ).all()
+        return np.stack([np.frombuffer(v, dtype=np.float32) for v in rows])
+
+    def _catch_up(self, collection_id: int, live: _Live) -> None:
+        """Apply rows and deletions committed after what the live index reflects."""
+        with self.sessions() as session, live.lock:
+            image_max, tomb_max = crud.max_ids(session, collection_id=collection_id)
+            if image_max > live.checkpoint.id_watermark:
+                for ids, vectors in crud.iter_vectors(
+                    session, collection_id=collection_id, after_id=live.checkpoint.id_watermark
+                ):
+                    live.index.add(ids, vectors)
+                live.checkpoint.id_watermark = image_max
+                live.dirty = True
+            if tomb_max > live.checkpoint.tombstone_watermark:
+                gone = crud.tombstones_after(
+                    session, collection_id=collection_id, after_id=live.checkpoint.tombstone_watermark
+                )
+                live.index.remove(np.asarray(gone, dtype=np.int64))
+                live.checkpoint.tombstone_watermark = tomb_max
+                live.dirty = True
+
+    def checkpoint(self, collection_name: str | None = None) -> None:
+        """Write the index files of changed collections (all, or one)."""
+        with self._lock:
+            items = list(self._live.items())
+        for collection_id, live in items:
+            if collection_name is not None and self._name(collection_id) != collection_name:
+                continue
+            with live.lock:
+                if live.dirty:
+                    live.checkpoint = ckpt.save(self._dir(collection_id), live.index, live.checkpoint)
+                    live.dirty = False
+
+    def _name(self, collection_id: int) -> str | None:
+        with self.sessions() as session:
+            collection = session.get(Collection, collection_id)
+            return collection.name if collection else None
+
+    # --- collections ---
+
+    def _info(self, session: Session, collection: Collection) -> CollectionInfo:
+        live = self._live.get(collection.id)
+        return CollectionInfo(
+            id=collection.id,
+            name=collection.name,
+            model=collection.model,
+            dim=collection.dim,
+            metric=collection.metric,
+            index_type=collection.index_type,
+            live_index=live.index.spec.kind if live else "none",
+            index_params=live.index.spec.params if live else collection.index_params,
+            count=crud.count_images(session, collection_id=collection.id),
+            created_at=collection.created_at.isoformat(),
+        )
+
+    def collections(self) -> list[CollectionInfo]:
+        with self.sessions() as session:
+            return [self._info(session, c) for c in session.scalars(select(Collection).order_by(Collection.name))]
+
+    def collection(self, name: str) -> CollectionInfo:
+        with self.sessions() as session:
+            return self._info(session, crud.get_collection(session, name=name))
+
+    def create_collection(self, name: str, *, model: str, dim: int, index_type: str = "auto", index_params: dict | None = None) -> CollectionInfo:
+        choose_spec(index_type, 0, dim, self.memory_budget)  # refuse unknown types before writing
+        with self.sessions() as session, session.begin():
+            if session.scalar(select(Collection).where(Collection.name == name)) is not None:
+                raise CollectionExistsError(name)
+            collection = Collection(name=name, model=model, dim=dim, index_type=index_type, index_params=index_params or {})
+            session.add(collection)
+        self._load(collection)
+        return self.collection(name)
+
+    def ensure_collection(self, name: str, *, model: str, dim: int) -> CollectionInfo:
+        """The named collection, created for this model if missing; refused if built by another model."""
+        try:
+            info = self.collection(name)
+        except CollectionNotFoundError:
+            try:
+                return self.create_collection(name, model=model, dim=dim)
+            except CollectionExistsError:
+                info = self.collection(name)  # created concurrently
+        self.check_model(info, model)
+        return info
+
+    @staticmethod
+    def check_model(info: CollectionInfo, model: str) -> None:
+        if info.model != model:
+            raise ModelMismatchError(info.name, info.model, info.dim, model)
+
+    def delete_collection(self, name: str) -> None:
+        with self.sessions() as session, session.begin():
+            collection = crud.get_collection(session, name=name)
+            collection_id = collection.id
+            session.delete(collection)
+        with self._lock:
+            self._live.pop(collection_id, None)
+        shutil.rmtree(self._dir(collection_id), ignore_errors=True)
+
+    def reindex(self, name: str, *, index_type: str | None = None) -> CollectionInfo:
+        """Rebuild a collection's index from the database, optionally as another index type."""
+        with self.sessions() as session, session.begin():
+            collection = crud.get_collection(session, name=name)
+            if index_type:
+                choose_spec(index_type, 0, collection.dim, self.memory_budget)
+                collection.index_type = index_type
+        live = self._rebuild(collection)
+        with self._lock:
+            self._live[collection.id] = live
+        self.checkpoint(name)
+        return self.collection(name)
+
+    def _live_for(self, collection_id: int) -> _Live:
+        with self._lock:
+            live = self._live.get(collection_id)
+        if live is None:
+            with self.sessions() as session:
+                collection = session.get(Collection, collection_id)
+                if collection is None:
+                    raise CollectionNotFoundError(str(collection_id))
+            live = self._load(collection)
+        return live
+
+    # --- images ---
+
+    def known_sources(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int | None, float | None, int]]:
+        with self.sessions() as session:
+            rows = crud.sources_by_uri(session, collection_id=collection_id, uris=list(uris))
+            return {uri: (s.size, s.mtime, s.image_id) for uri, s in rows.items()}
+
+    def existing_shas(self, collection_id: int, shas: Sequence[str]) -> dict[str, int]:
+        with self.sessions() as session:
+            return crud.ids_by_sha(session, collection_id=collection_id, shas=shas)
+
+    def add_images(self, collection_id: int, items: Sequence[crud.NewImage], failures: Sequence[tuple[str, str]] = ()) -> list[tuple[int, bool]]:
+        """Commit a batch in one transaction: new images, or new sources for known content.
+
+        Returns (image id, created) per item. Then the live index takes the new vectors.
+        """
+        live = self._live_for(collection_id)
+        with live.lock:
+            with self.sessions() as session, session.begin():
+                results = crud.add_batch(session, collection_id=collection_id, items=items) if items else []
+                for uri, reason in failures:
+                    crud.record_failure(session, collection_id=collection_id, uri=uri, reason=reason)
+            self._catch_up(collection_id, live)
+        return results
+
+    def delete_images(self, image_ids: Sequence[int]) -> int:
+        with self.sessions() as session, session.begin():
+            by_collection = crud.delete_images(session, image_ids=image_ids)
+        for collection_id in by_collection:
+            self._catch_up(collection_id, self._live_for(collection_id))
+        return sum(len(ids) for ids in by_collection.values())
+
+    def image(self, image_id: int) -> Image:
+        with self.sessions() as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                raise ImageNotFoundError(image_id)
+            session.expunge(image)
+            return image
+
+    def images(self, image_ids: Sequence[int]) -> dict[int, Image]:
+        out: dict[int, Image] = {}
+        with self.sessions() as session:
+            for start in range(0, len(image_ids), _IN_CHUNK):
+                out.update(crud.images_by_id(session, image_ids=image_ids[start : start + _IN_CHUNK]))
+            session.expunge_all()
+        return out
+
+    def source_root(self, image_id: int, uri: str) -> str | None:
+        with self.sessions() as session:
+            return session.scalar(select(Source.root).where(Source.image_id == image_id, Source.uri == uri))
+
+    def set_metadata(self, image_id: int, meta: dict[str, Any]) -> Image:
+        with self.sessions() as session, session.begin():
+            if session.get(Image, image_id) is None:
+                raise ImageNotFoundError(image_id)
+            crud.update_metadata(session, image_id=image_id, meta=meta)
+        return self.image(image_id)
+
+    def vector(self, image_id: int) -> tuple[int, np.ndarray]:
+        """(collection id, vector) of a stored image."""
+        image = self.image(image_id)
+        return image.collection_id, np.frombuffer(image.vector, dtype=np.float32)
+
+    def failures(self, collection_id: int) -> list[tuple[str, str]]:
+        with self.sessions() as session:
+            return [(f.uri, f.reason) for f in crud.failures(session, collection_id=collection_id)]
+
+    # --- search ---
+
+    def search(
+        self,
+        collection_id: int,
+        query: np.ndarray,
+        k: int,
+        search_filter: SearchFilter | None = None,
+        min_score: float | None = None,
+        **knobs: int,
+    ) -> list[Hit]:
+        live = self._live_for(collection_id)
+        self._catch_up(collection_id, live)
+        query = np.asarray(query, dtype=np.float32)
+        allowed = None
+        if search_filter is not None and not search_filter.empty:
+            with self.sessions() as session:
+                allowed = crud.filtered_ids(session, collection_id=collection_id, search_filter=search_filter)
+            if len(allowed) <= EXACT_FILTER_LIMIT:
+                hits = self._exact(allowed, query, k)
+                return [h for h in hits if min_score is None or h.score >= min_score]
+        rerank = live.index.spec.kind == "ivfpq"
+        fetch_k = k * int(live.index.spec.params.get("rerank", 1)) if rerank else k
+        with live.lock:
+            scores, ids = live.index.search(query, fetch_k, allowed, **knobs)
+        if rerank and len(ids):
+            hits = self._exact(ids, query, k)
+        else:
+            hits = [Hit(int(i), float(s)) for s, i in zip(scores, ids)]
+        if allowed is not None and len(hits) < min(k, len(allowed)):
+            hits = self._exact(allowed, query, k)  # the approximate index under-filled a filtered query
+        return [h for h in hits if min_score is None or h.score >= min_score]
+
+    def _exact(self, candidate_ids: np.ndarray, query: np.ndarray, k: int) -> list[Hit]:
+        ids_all, scores_all = [], []
+        with self.sessions() as session:
+            for start in range(0, len(candidate_ids), _IN_CHUNK):
+                ids, vectors = crud.vectors_for(session, image_ids=[int(i) for i in candidate_ids[start : start + _IN_CHUNK]])
+                if len(ids):
+                    ids_all.append(ids)
+                    scores_all.append(vectors @ query)
+        if not ids_all:
+            return []
+        ids, scores = np.concatenate(ids_all), np.concatenate(scores_all)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [Hit(int(ids[i]), float(scores[i])) for i in top]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "collections": [info.__dict__ for info in self.collections()],
+            "index_dir": str(self.index_dir),
+            "database": self.engine.url.render_as_string(hide_password=True),
+        }

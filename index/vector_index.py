@@ -1,0 +1,152 @@
+"""FAISS indexes keyed by database ids (never row positions), and their choice by size.
+
+Every index is over L2-normalised vectors with inner product, so scores are cosines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+# Exact search is the default while it stays fast (about 10 ms a query at 100k x 1024-d on 2 cores).
+FLAT_MAX_VECTORS = 100_000
+HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
+IVFPQ_DEFAULTS = {"nprobe": 32, "nbits": 8, "rerank": 4}
+# k-means wants about this many training points per centroid.
+IVF_POINTS_PER_LIST = 39
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def hnsw_bytes_per_vector(dim: int, m: int = HNSW_DEFAULTS["M"]) -> int:
+    # Flat storage plus about 2*M neighbour links of 4 bytes at level 0 (upper levels add ~1/M more).
+    return dim * 4 + int(2 * m * 4 * 1.1)
+
+
+def ivfpq_params(n: int, dim: int) -> dict[str, Any]:
+    nlist = max(1, min(65_536, int(4 * math.sqrt(max(n, 1)))))
+    nlist = min(nlist, max(1, n // IVF_POINTS_PER_LIST))
+    # Sub-vectors of at least 4 dims (16 for 1024-d: 64 bytes a vector).
+    m = next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 4 or m == 1)
+    # 2**nbits centroids per sub-quantizer also want enough training points.
+    nbits = max(4, min(IVFPQ_DEFAULTS["nbits"], int(math.log2(max(n, 16) / IVF_POINTS_PER_LIST))))
+    return {**IVFPQ_DEFAULTS, "nlist": nlist, "m": m, "nbits": nbits}
+
+
+def choose_spec(requested: str, n: int, dim: int, memory_budget: int, params: dict[str, Any] | None = None) -> IndexSpec:
+    """The index a collection of n vectors gets: as asked, or by size and memory budget for auto."""
+    params = dict(params or {})
+    kind = requested
+    if requested == "auto":
+        if n <= FLAT_MAX_VECTORS:
+            kind = "flat"
+        elif n * hnsw_bytes_per_vector(dim) <= memory_budget:
+            kind = "hnsw"
+        else:
+            kind = "ivfpq"
+    if kind == "ivfpq" and n < IVF_POINTS_PER_LIST * 4:
+        kind = "flat"  # too few vectors to train a quantizer; exact search is cheaper anyway
+    if kind == "hnsw":
+        return IndexSpec("hnsw", {**HNSW_DEFAULTS, **params})
+    if kind == "ivfpq":
+        return IndexSpec("ivfpq", {**ivfpq_params(n, dim), **params})
+    if kind == "flat":
+        return IndexSpec("flat", {})
+    raise ValueError(f"unknown index type {requested!r}; use auto, {', '.join(INDEX_TYPES)}")
+
+
+class VectorIndex:
+    """One collection's FAISS index. HNSW cannot delete in place, so its deletions are
+    hidden at search time until the next rebuild."""
+
+    def __init__(self, spec: IndexSpec, dim: int, index: faiss.Index, hidden: set[int] | None = None) -> None:
+        self.spec = spec
+        self.dim = dim
+        self.index = index
+        self.hidden: set[int] = hidden or set()
+
+    @classmethod
+    def build(cls, spec: IndexSpec, dim: int, train: np.ndarray | None = None) -> VectorIndex:
+        if spec.kind == "flat":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        elif spec.kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(dim, spec.params["M"], faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = spec.params["ef_construction"]
+            index = faiss.IndexIDMap2(hnsw)
+        else:
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFPQ(quantizer, dim, spec.params["nlist"], spec.params["m"], spec.params["nbits"], faiss.METRIC_INNER_PRODUCT)
+            if train is None or len(train) == 0:
+                raise ValueError("an IVF-PQ index needs training vectors")
+            index.train(np.ascontiguousarray(train, dtype=np.float32))
+        return cls(spec, dim, index)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal) - len(self.hidden)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        if self.spec.kind == "hnsw":
+            self.hidden.update(int(i) for i in ids)
+        else:
+            self.index.remove_ids(ids)
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, **knobs: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) for one query, best first; only ids in `allowed` when given."""
+        if self.index.ntotal == 0 or k <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        # FAISS selectors hold raw pointers: `parts` keeps their id arrays alive during the call.
+        selector, parts = self._selector(allowed)
+        params = self._params(selector, knobs)
+        k = min(k, int(self.index.ntotal))
+        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k, params=params)
+        del parts
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]
+
+    def _selector(self, allowed: np.ndarray | None) -> tuple[faiss.IDSelector | None, list[object]]:
+        parts: list[object] = []
+        selector = None
+        if allowed is not None:
+            allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+            selector = faiss.IDSelectorBatch(allowed)
+            parts += [allowed, selector]
+        if self.hidden:
+            hidden = np.fromiter(self.hidden, dtype=np.int64, count=len(self.hidden))
+            batch = faiss.IDSelectorBatch(hidden)
+            not_hidden = faiss.IDSelectorNot(batch)
+            parts += [hidden, batch, not_hidden]
+            selector = not_hidden if selector is None else faiss.IDSelectorAnd(selector, not_hidden)
+            parts.append(selector)
+        return selector, parts
+
+    def _params(self, selector: faiss.IDSelector | None, knobs: dict[str, int]) -> faiss.SearchParameters | None:
+        if self.spec.kind == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = int(knobs.get("ef_search") or self.spec.params["ef_search"])
+        elif self.spec.kind == "ivfpq":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = int(knobs.get("nprobe") or self.spec.params["nprobe"])
+        elif selector is None:
+            return None
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+        return params

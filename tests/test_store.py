@@ -1,0 +1,254 @@
+"""The vector store on real SQLite files and FAISS indexes, against a brute-force reference.
+
+Vectors here are synthetic (a test double for the encoder is fine at this layer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from index import store as store_module
+from index.crud import NewImage
+from index.db import create_db_engine, current_revision, upgrade_database
+from index.errors import CollectionExistsError, ModelMismatchError
+from index.filters import SearchFilter
+from index.models import Base
+from index.store import VectorStore
+from index.vector_index import choose_spec
+
+DIM = 32
+MODEL = "PE-Core-T16-384"
+
+
+def open_store(root: Path) -> VectorStore:
+    return VectorStore(engine=create_db_engine(f"sqlite:///{root / 'meta.db'}"), index_dir=root / "indexes").open()
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    """Unit vectors in clusters, shaped like real embeddings rather than uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(n // 100, 4), dim))
+    return unit(centres[rng.integers(0, len(centres), n)] + 0.35 * rng.normal(size=(n, dim)))
+
+
+def items(vectors: np.ndarray, start: int = 0, meta=None) -> list[NewImage]:
+    return [
+        NewImage(
+            sha256=hashlib.sha256(f"img{start + i}".encode()).hexdigest(),
+            uri=f"/photos/{start + i}.jpg",
+            width=10, height=10, format="JPEG", byte_size=100,
+            vector=v, meta=meta(start + i) if meta else {},
+        )
+        for i, v in enumerate(vectors)
+    ]
+
+
+def add(store: VectorStore, collection_id: int, vectors: np.ndarray, start: int = 0, meta=None) -> list[int]:
+    return [image_id for image_id, _ in store.add_images(collection_id, items(vectors, start, meta))]
+
+
+def brute_force(ids: list[int], vectors: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    scores = vectors @ query
+    return [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> VectorStore:
+    opened = open_store(tmp_path)
+    yield opened
+    opened.engine.dispose()
+
+
+def test_migrations_create_exactly_the_models_schema(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert inspect(engine).get_table_names() == []
+    upgrade_database(engine)
+    assert current_revision(engine) == "0001"
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    upgrade_database(engine)  # idempotent
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_flat_search_equals_brute_force(store: VectorStore) -> None:
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(500)
+    ids = add(store, collection.id, vectors)
+    assert ids == sorted(ids) and len(set(ids)) == 500
+    for query in clustered(5, seed=9):
+        hits = store.search(collection.id, query, 10)
+        assert [h.id for h in hits] == brute_force(ids, vectors, query, 10)
+        np.testing.assert_allclose([h.score for h in hits], np.sort(vectors @ query)[::-1][:10], atol=1e-5)
+
+
+def test_ids_are_database_ids_not_positions(store: VectorStore) -> None:
+    first = store.create_collection("first", model=MODEL, dim=DIM)
+    second = store.create_collection("second", model=MODEL, dim=DIM)
+    a = add(store, first.id, clustered(20, seed=1))
+    b = add(store, second.id, clustered(20, seed=2), start=100)
+    assert set(a).isdisjoint(b)
+    _, vector = store.vector(b[7])
+    assert store.search(second.id, vector, 1)[0].id == b[7]
+    assert all(h.id in a for h in store.search(first.id, vector, 5))
+
+
+def test_same_content_is_one_image(store: VectorStore) -> None:
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    batch = items(clustered(3))
+    batch[2].sha256 = batch[0].sha256  # same bytes under another path
+    results = store.add_images(collection.id, batch)
+    assert results[2] == (results[0][0], False)
+    assert store.collection("c").count == 2
+    assert set(store.known_sources(collection.id, [b.uri for b in batch])) == {b.uri for b in batch}
+
+
+def test_deleted_vectors_never_come_back(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(300)
+    ids = add(store, collection.id, vectors)
+    store.checkpoint()
+    gone = ids[::3]
+    assert store.delete_images(gone) == len(gone)
+    for query in vectors[:20]:
+        assert not {h.id for h in store.search(collection.id, query, 50)} & set(gone)
+    store.engine.dispose()
+    reopened = open_store(tmp_path)  # the checkpoint predates the deletes: tombstones replay
+    for query in vectors[:20]:
+        assert not {h.id for h in reopened.search(collection.id, query, 50)} & set(gone)
+    assert reopened.collection("c").count == 300 - len(gone)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated", "pointer"])
+def test_missing_or_corrupt_index_is_rebuilt(tmp_path: Path, damage: str, caplog) -> None:
+    store = open_store(tmp_path)
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(200)
+    ids = add(store, collection.id, vectors)
+    store.checkpoint()
+    store.engine.dispose()
+    index_file = next((tmp_path / "indexes" / str(collection.id)).glob("index-*.faiss"))
+    if damage == "missing":
+        index_file.unlink()
+    elif damage == "corrupt":
+        index_file.write_bytes(b"\x00garbage" * 100)
+    elif damage == "truncated":
+        index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
+    else:
+        (index_file.parent / "CHECKPOINT.json").write_text("{not json")
+    reopened = open_store(tmp_path)
+    assert "Rebuilding the index" in caplog.text
+    query = vectors[42]
+    assert [h.id for h in reopened.search(collection.id, query, 10)] == brute_force(ids, vectors, query, 10)
+
+
+def test_rows_after_the_checkpoint_are_replayed(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(400)
+    ids = add(store, collection.id, vectors[:200])
+    store.checkpoint()
+    ids += add(store, collection.id, vectors[200:], start=200)  # committed, never checkpointed
+    store.engine.dispose()
+    reopened = open_store(tmp_path)
+    for query in vectors[195:205]:
+        assert [h.id for h in reopened.search(collection.id, query, 10)] == brute_force(ids, vectors, query, 10)
+
+
+def test_another_process_writes_are_picked_up_before_search(tmp_path: Path) -> None:
+    reader = open_store(tmp_path)
+    collection = reader.create_collection("c", model=MODEL, dim=DIM)
+    writer = open_store(tmp_path)
+    vectors = clustered(50)
+    ids = add(writer, collection.id, vectors)
+    assert reader.search(collection.id, vectors[3], 1)[0].id == ids[3]
+    writer.delete_images([ids[3]])
+    assert ids[3] not in {h.id for h in reader.search(collection.id, vectors[3], 5)}
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_approximate_indexes_recall_at_10(tmp_path: Path, kind: str) -> None:
+    store = open_store(tmp_path)
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(6000, seed=3)
+    ids = add(store, collection.id, vectors)
+    info = store.reindex("c", index_type=kind)
+    assert info.live_index == kind
+    queries = clustered(50, seed=4)
+    recall = np.mean(
+        [len({h.id for h in store.search(collection.id, q, 10)} & set(brute_force(ids, vectors, q, 10))) / 10 for q in queries]
+    )
+    assert recall >= 0.95, recall
+    gone = ids[:100]
+    store.delete_images(gone)
+    assert not {h.id for q in vectors[:100] for h in store.search(collection.id, q, 10)} & set(gone)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_filtered_search_fills_top_k(tmp_path: Path, kind: str, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "EXACT_FILTER_LIMIT", 0)  # force the FAISS selector path
+    store = open_store(tmp_path)
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(3000, seed=5)
+    ids = add(store, collection.id, vectors, meta=lambda i: {"label": "rare" if i % 50 == 0 else "common", "n": i})
+    store.reindex("c", index_type=kind)
+    rare = [image_id for i, image_id in enumerate(ids) if i % 50 == 0]
+    hits = store.search(collection.id, vectors[1], 10, SearchFilter(metadata={"label": "rare"}))
+    assert len(hits) == 10 and {h.id for h in hits} <= set(rare)
+    expected = brute_force(rare, vectors[::50], vectors[1], 10)
+    if kind == "flat":
+        assert [h.id for h in hits] == expected
+
+
+def test_filters(store: VectorStore) -> None:
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(40, seed=6)
+    ids = add(store, collection.id, vectors, meta=lambda i: {"label": ["cat", "dog", "car", "dog"][i % 4], "n": i, "ok": i % 2 == 0})
+
+    def matching(search_filter: SearchFilter) -> set[int]:
+        return {h.id for h in store.search(collection.id, vectors[0], 40, search_filter)}
+
+    assert matching(SearchFilter(metadata={"label": "cat"})) == {ids[i] for i in range(0, 40, 4)}
+    assert matching(SearchFilter(metadata={"label": ["cat", "car"]})) == {ids[i] for i in range(40) if i % 2 == 0}
+    assert matching(SearchFilter(metadata={"n": 7})) == {ids[7]}
+    assert matching(SearchFilter(metadata={"ok": False, "label": "dog"})) == {ids[i] for i in range(1, 40, 2)}
+    assert matching(SearchFilter(uri_prefix="/photos/1")) == {ids[1]} | {ids[i] for i in range(10, 20)}
+    assert matching(SearchFilter(metadata={"label": "zebra"})) == set()
+    hits = store.search(collection.id, vectors[0], 40, min_score=0.5)
+    assert hits and all(h.score >= 0.5 for h in hits)
+
+
+def test_collections_record_model_and_refuse_another(store: VectorStore) -> None:
+    info = store.ensure_collection("photos", model=MODEL, dim=DIM)
+    assert (info.model, info.dim, info.count, info.index_type) == (MODEL, DIM, 0, "auto")
+    assert store.ensure_collection("photos", model=MODEL, dim=DIM).id == info.id
+    with pytest.raises(ModelMismatchError, match="PE-Core-B16-224"):
+        store.ensure_collection("photos", model="PE-Core-B16-224", dim=1024)
+    with pytest.raises(CollectionExistsError):
+        store.create_collection("photos", model=MODEL, dim=DIM)
+    store.delete_collection("photos")
+    assert store.collections() == []
+
+
+def test_auto_index_choice_follows_size_and_memory_budget() -> None:
+    budget = 8 * 1024**3
+    assert choose_spec("auto", 50_000, 1024, budget).kind == "flat"
+    assert choose_spec("auto", 1_000_000, 1024, budget).kind == "hnsw"  # ~4.4 GB fits
+    assert choose_spec("auto", 10_000_000, 1024, budget).kind == "ivfpq"
+    assert choose_spec("ivfpq", 100, 1024, budget).kind == "flat"  # too few to train
+    ivfpq = choose_spec("ivfpq", 1_000_000, 1024, budget)
+    assert ivfpq.params["m"] == 64 and ivfpq.params["nlist"] == 4000
+    with pytest.raises(ValueError, match="unknown index type"):
+        choose_spec("lsh", 10, 1024, budget)
