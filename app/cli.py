@@ -19,20 +19,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from app.main import create_app
 
-    settings = _settings(args)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
 
-def _encoder(args: argparse.Namespace):
+def _encoder(settings: Settings):  # noqa: ANN202 - PEEncoder, imported lazily to keep --help fast
     from app.registry import ModelRegistry
 
-    return ModelRegistry(_settings(args)).get()
+    return ModelRegistry(settings).get()
 
 
 def _emit(model: str, inputs: Sequence[str], vectors) -> None:
@@ -40,13 +39,13 @@ def _emit(model: str, inputs: Sequence[str], vectors) -> None:
     sys.stdout.write("\n")
 
 
-def cmd_embed_text(args: argparse.Namespace) -> int:
-    encoder = _encoder(args)
+def cmd_embed_text(args: argparse.Namespace, settings: Settings) -> int:
+    encoder = _encoder(settings)
     _emit(encoder.variant.version_id, args.text, encoder.embed_texts(args.text))
     return 0
 
 
-def cmd_embed_image(args: argparse.Namespace) -> int:
+def cmd_embed_image(args: argparse.Namespace, settings: Settings) -> int:
     from app.errors import ImageLoadError
     from app.imaging import decode_image
 
@@ -57,15 +56,14 @@ def cmd_embed_image(args: argparse.Namespace) -> int:
         except (OSError, ImageLoadError) as exc:
             print(f"pe-search: {path}: {exc}", file=sys.stderr)
             return 2
-    encoder = _encoder(args)
+    encoder = _encoder(settings)
     _emit(encoder.variant.version_id, args.path, encoder.embed_images(images))
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from app.weights import cached_hub_checkpoint
 
-    settings = _settings(args)
     rows = [
         {
             "id": v.version_id,
@@ -113,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the PE-Core variants and which are cached locally")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=cmd_models)
+
+    from app.cli_index import add_commands
+
+    add_commands(sub, model_opts)
     return parser
 
 
@@ -123,13 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("app").setLevel(level.upper())
     try:
-        return args.func(args)
+        return args.func(args, _settings(args))
     except Exception as exc:  # noqa: BLE001 - a CLI prints one line, not a traceback
         from pydantic import ValidationError
 
         from app.errors import PESearchError
+        from app.ingest.sources import SourceError
+        from index.errors import StoreError
 
-        if isinstance(exc, (PESearchError, ValidationError)):
+        if isinstance(exc, (PESearchError, StoreError, SourceError, ValidationError, OSError)):
             print(f"pe-search: {exc}", file=sys.stderr)
             return 2
         raise

@@ -168,6 +168,11 @@ class PEEncoder:
         model = self._require_model()
         return self._batched(images, lambda chunk: model.encode_image(self.preprocess(chunk).to(self.device), normalize=True))
 
+    def embed_pixels(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Like embed_images, for images already through `transform` (e.g. in decode threads)."""
+        model = self._require_model()
+        return self._batched(pixels, lambda chunk: model.encode_image(torch.stack(list(chunk)).to(self.device), normalize=True))
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, shape (len(texts), dim)."""
         model = self._require_model()

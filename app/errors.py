@@ -47,3 +47,16 @@ class ModelUnavailableError(PESearchError):
 
 class WeightsError(ModelUnavailableError):
     """A checkpoint could not be found, downloaded, read, or matched to the variant."""
+
+
+class ForbiddenPathError(PESearchError):
+    """A server-side path outside the configured roots."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path} is not under a folder this server may read (set PE_SEARCH_INGEST_ROOTS to allow one)."
+        )
+
+
+class NotFoundError(PESearchError):
+    """Something a client named does not exist (an ingest job, a stored file)."""

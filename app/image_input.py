@@ -43,13 +43,17 @@ class ImageLoader:
         self.fetcher = fetcher
 
     def load(self, kind: str, value: Any) -> Image.Image:
+        return decode_image(self.load_bytes(kind, value))
+
+    def load_bytes(self, kind: str, value: Any) -> bytes:
+        """The encoded image bytes an image object names, not yet decoded."""
         kind = kind.lower()
         if kind == "base64":
-            return decode_image(decode_base64(value))
+            return decode_base64(value)
         if kind == "url":
             if not isinstance(value, str):
                 raise ImageLoadError("a url image value must be a string")
-            return decode_image(self.fetcher.fetch(value))
+            return self.fetcher.fetch(value)
         if kind in ("numpy", "numpy_object"):
             raise ImageLoadError(
                 "numpy image inputs are disabled: unpickling client data would let any client "

@@ -94,3 +94,12 @@ def _wide_to_rgb(image: Image.Image) -> Image.Image:
         array = array / 257.0
     gray = np.clip(np.rint(array), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
+
+
+def image_format(data: bytes) -> str | None:
+    """The container format (JPEG, PNG...) from the header alone; None when unknown."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format
+    except Exception:  # noqa: BLE001 - informational only; decoding reports real errors
+        return None

@@ -12,13 +12,18 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api.errors import install_error_handlers
-from app.api.routes import embedding, health
+from app.api.routes import collections, embedding, health, images, ingest, search
 from app.embedder import Embedder
 from app.fetch import UrlFetcher
 from app.image_input import ImageLoader
+from app.images import ImageService, UploadFiles
+from app.ingest.jobs import JobManager
 from app.inference import InferenceRunner, run_blocking
 from app.registry import ModelRegistry
+from app.search import SearchService
 from app.settings import Settings
+from index.db import create_db_engine
+from index.store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("PE_SEARCH_WEIGHTS=random: serving RANDOM weights; embeddings carry no meaning.")
     registry = ModelRegistry(settings)
     runner = InferenceRunner()
+    embedder = Embedder(registry, ImageLoader(UrlFetcher(settings.url_policy())), runner, max_items=settings.max_batch)
+    # Migrations run here, before the first request; the indexes load or rebuild from the database.
+    store = await run_blocking(open_store, settings)
+    jobs = JobManager()
     app.state.registry = registry
-    app.state.embedder = Embedder(
-        registry, ImageLoader(UrlFetcher(settings.url_policy())), runner, max_items=settings.max_batch
-    )
+    app.state.embedder = embedder
+    app.state.store = store
+    app.state.search = SearchService(store=store, embedder=embedder)
+    app.state.images = ImageService(store=store, embedder=embedder, uploads=UploadFiles(settings.uploads_dir))
+    app.state.jobs = jobs
     # Loads in the background so /health answers at once and /ready turns 200 when done.
     loading = asyncio.create_task(run_blocking(registry.load_default))
     try:
@@ -51,7 +62,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         # A load still running cannot be interrupted inside its thread; stop waiting for it.
         loading.cancel()
+        jobs.close()
         runner.close()
+        store.close()
+
+
+def open_store(settings: Settings) -> VectorStore:
+    engine = create_db_engine(settings.db_url)
+    return VectorStore(engine=engine, index_dir=settings.index_dir, memory_budget=settings.index_memory_budget).open()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -65,4 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(embedding.router)
+    app.include_router(search.router)
+    app.include_router(images.router)
+    app.include_router(collections.router)
+    app.include_router(ingest.router)
     return app

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # Any SQLAlchemy URL; default: a SQLite file in the data dir.
     database_url: str | None = None
+    # Server-side ingest jobs may read only under these folders (comma-separated); none by default.
+    ingest_roots: str = ""
+    ingest_batch: int = Field(default=32, ge=1, le=1024)
+    ingest_workers: int = Field(default=4, ge=1, le=64)
+    # RAM the vector indexes may use; `auto` index choice stays within it.
+    index_memory_budget: int = Field(default=8 * 1024**3, ge=1)
+    max_top_k: int = Field(default=1000, ge=1)
     cache_dir: Path | None = None
     max_batch: int = Field(default=64, ge=1, le=4096)
     # How many images or texts go through the model in one forward pass.
@@ -66,6 +73,18 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'pe-search.db').resolve()}"
+
+    @property
+    def ingest_root_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(p.strip()).resolve() for p in self.ingest_roots.split(",") if p.strip())
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
     @property
     def random_weights(self) -> bool:

@@ -45,6 +45,7 @@ class CollectionInfo:
     live_index: str
     index_params: dict[str, Any]
     count: int
+    indexed: int
     created_at: str
 
 
@@ -177,6 +178,7 @@ class VectorStore:
             live_index=live.index.spec.kind if live else "none",
             index_params=live.index.spec.params if live else collection.index_params,
             count=crud.count_images(session, collection_id=collection.id),
+            indexed=live.index.count if live else 0,
             created_at=collection.created_at.isoformat(),
         )
 
@@ -187,6 +189,11 @@ class VectorStore:
     def collection(self, name: str) -> CollectionInfo:
         with self.sessions() as session:
             return self._info(session, crud.get_collection(session, name=name))
+
+    def model_of(self, name: str) -> str | None:
+        """The model a collection was built with, or None when it does not exist yet."""
+        with self.sessions() as session:
+            return session.scalar(select(Collection.model).where(Collection.name == name))
 
     def create_collection(self, name: str, *, model: str, dim: int, index_type: str = "auto", index_params: dict | None = None) -> CollectionInfo:
         choose_spec(index_type, 0, dim, self.memory_budget)  # refuse unknown types before writing

@@ -7,8 +7,12 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from app.embedder import Embedder
+from app.images import ImageService
+from app.ingest.jobs import JobManager
 from app.registry import ModelRegistry
+from app.search import SearchService
 from app.settings import Settings
+from index.store import VectorStore
 
 
 def get_settings(request: Request) -> Settings:
@@ -23,7 +27,27 @@ def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
+def get_store(request: Request) -> VectorStore:
+    return request.app.state.store
+
+
+def get_search(request: Request) -> SearchService:
+    return request.app.state.search
+
+
+def get_images(request: Request) -> ImageService:
+    return request.app.state.images
+
+
+def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[VectorStore, Depends(get_store)]
+SearchDep = Annotated[SearchService, Depends(get_search)]
+ImagesDep = Annotated[ImageService, Depends(get_images)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 

@@ -8,12 +8,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.errors import (
+    ForbiddenPathError,
     ImageLoadError,
     InvalidInputError,
     ModelUnavailableError,
+    NotFoundError,
     PESearchError,
     TooManyItemsError,
     UnknownModelError,
+)
+from app.ingest.sources import SourceError
+from index.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    ImageNotFoundError,
+    InvalidFilterError,
+    ModelMismatchError,
+    StoreError,
 )
 
 log = logging.getLogger(__name__)
@@ -25,6 +36,14 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (UnknownModelError, 400),
     (InvalidInputError, 400),
     (ModelUnavailableError, 503),
+    (ForbiddenPathError, 403),
+    (NotFoundError, 404),
+    (CollectionNotFoundError, 404),
+    (ImageNotFoundError, 404),
+    (CollectionExistsError, 409),
+    (ModelMismatchError, 409),
+    (InvalidFilterError, 400),
+    (SourceError, 400),
 ]
 
 
@@ -45,5 +64,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(PESearchError, _domain_error)
+    for base in (PESearchError, StoreError, SourceError):
+        app.add_exception_handler(base, _domain_error)
     app.add_exception_handler(Exception, _unexpected_error)

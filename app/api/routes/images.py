@@ -1,0 +1,126 @@
+"""Images: upload, read, serve the file, edit metadata, delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from app.api.deps import ImagesDep, StoreDep
+from app.api.schemas import ErrorResponse
+from app.api.store_schemas import AddImageRequest, AddImageResponse, ImageRecord, PatchImageRequest
+from app.errors import InvalidInputError
+from app.inference import run_blocking
+
+router = APIRouter(
+    prefix="/images",
+    tags=["images"],
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+
+
+def _record(image: Any, collection: str) -> ImageRecord:
+    return ImageRecord(
+        id=image.id, collection=collection, sha256=image.sha256, uri=image.uri, width=image.width,
+        height=image.height, format=image.format, byte_size=image.byte_size, metadata=image.meta,
+        file_url=f"/images/{image.id}/file", created_at=image.created_at, updated_at=image.updated_at,
+    )
+
+
+async def _collection_name(store: StoreDep, collection_id: int) -> str:
+    collections = await run_blocking(store.collections)
+    return next((c.name for c in collections if c.id == collection_id), "")
+
+
+@router.post(
+    "",
+    response_model=AddImageResponse,
+    summary="Add one image: multipart upload (file, metadata, collection) or JSON with an image object",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "metadata": {"type": "string", "description": "a JSON object"},
+                            "collection": {"type": "string", "default": "default"},
+                        },
+                    }
+                },
+                "application/json": {"schema": {"$ref": "#/components/schemas/AddImageRequest"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def add_image(request: Request, images: ImagesDep) -> AddImageResponse:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile) and not hasattr(upload, "read"):
+            raise InvalidInputError("The multipart body needs a `file` part.")
+        data = await upload.read()
+        metadata = _parse_metadata(form.get("metadata"))
+        collection = str(form.get("collection") or "default")
+        model = form.get("perception_encoder_version_id")
+    else:
+        try:
+            body = AddImageRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from None
+        data = await run_blocking(images.embedder.loader.load_bytes, body.image.type, body.image.value)
+        metadata, collection, model = body.metadata, body.collection, body.perception_encoder_version_id
+    added = await images.add_upload(data, collection=collection, metadata=metadata, model=str(model) if model else None)
+    return AddImageResponse(id=added.id, created=added.created, collection=added.collection)
+
+
+def _parse_metadata(raw: Any) -> dict[str, Any]:
+    if raw in (None, ""):
+        return {}
+    try:
+        value = json.loads(str(raw))
+    except ValueError:
+        raise InvalidInputError("`metadata` must be a JSON object.") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError("`metadata` must be a JSON object.")
+    return value
+
+
+@router.get("/{image_id}", response_model=ImageRecord, summary="An image's record")
+async def get_image(image_id: int, store: StoreDep) -> ImageRecord:
+    image = await run_blocking(store.image, image_id)
+    return _record(image, await _collection_name(store, image.collection_id))
+
+
+@router.get("/{image_id}/file", summary="The image file (uploads and files still under their root; URLs redirect)")
+async def get_image_file(image_id: int, store: StoreDep, images: ImagesDep) -> Response:
+    image = await run_blocking(store.image, image_id)
+    location = await run_blocking(images.file_location, image)
+    if isinstance(location, str):
+        return RedirectResponse(location, status_code=307)
+    media = f"image/{(image.format or 'octet-stream').lower()}" if image.format else "application/octet-stream"
+    return FileResponse(location, media_type=media)
+
+
+@router.patch("/{image_id}", response_model=ImageRecord, summary="Set or remove metadata keys (null removes)")
+async def patch_image(image_id: int, body: PatchImageRequest, store: StoreDep) -> ImageRecord:
+    image = await run_blocking(store.image, image_id)
+    merged = {**image.meta, **body.metadata}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    updated = await run_blocking(store.set_metadata, image_id, merged)
+    return _record(updated, await _collection_name(store, updated.collection_id))
+
+
+@router.delete("/{image_id}", status_code=204, summary="Delete an image from its collection and index")
+async def delete_image(image_id: int, store: StoreDep) -> Response:
+    await run_blocking(store.image, image_id)  # 404 when absent
+    await run_blocking(store.delete_images, [image_id])
+    return Response(status_code=204)

@@ -1,0 +1,137 @@
+"""Bodies of the search, image, collection and ingest routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.schemas import ImageObject
+
+Scalar = str | int | float | bool
+
+
+class SearchFilterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict, description="key -> value (equality) or list of values (any of them)"
+    )
+    uri_prefix: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"text": "a dog on a beach", "top_k": 10},
+                {"image_id": 42, "top_k": 5, "filter": {"metadata": {"label": ["dog", "cat"]}}},
+            ]
+        },
+    )
+
+    text: str | None = None
+    image: ImageObject | None = None
+    image_id: int | None = None
+    top_k: int = Field(default=10, ge=1)
+    collection: str = "default"
+    filter: SearchFilterBody | None = None
+    min_score: float | None = Field(default=None, ge=-1, le=1)
+    perception_encoder_version_id: str | None = Field(default=None, description="Refused with 409 unless the collection's model")
+    ef_search: int | None = Field(default=None, ge=1, le=4096, description="HNSW search depth")
+    nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists probed")
+
+
+class SearchHit(BaseModel):
+    id: int
+    score: float
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    metadata: dict[str, Any]
+    file_url: str
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    collection: str
+    time: float
+
+
+class ImageRecord(BaseModel):
+    id: int
+    collection: str
+    sha256: str
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    byte_size: int
+    metadata: dict[str, Any]
+    file_url: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class AddImageRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": {"type": "url", "value": "https://example.com/cat.jpg"}, "metadata": {"label": "cat"}}]})
+
+    image: ImageObject
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    collection: str = "default"
+    perception_encoder_version_id: str | None = None
+
+
+class AddImageResponse(BaseModel):
+    id: int
+    created: bool = Field(description="False when the same bytes were already stored: the id is the existing one")
+    collection: str
+
+
+class PatchImageRequest(BaseModel):
+    metadata: dict[str, Any] = Field(description="Keys to set; a null value removes the key")
+
+
+class CollectionOut(BaseModel):
+    name: str
+    model: str
+    dim: int
+    count: int
+    indexed: int = Field(description="Vectors in the live index; equals count once caught up")
+    metric: str
+    index_type: str
+    live_index: str
+    index_params: dict[str, Any]
+    created_at: str
+
+
+class CreateCollectionRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[\w.-]+$")
+    perception_encoder_version_id: str | None = Field(default=None, description="Default: the server's model")
+    index_type: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"source": "/srv/photos", "kind": "folder", "collection": "photos"}]})
+
+    source: str = Field(description="A server-side folder or manifest under PE_SEARCH_INGEST_ROOTS")
+    kind: Literal["folder", "manifest", "urls"] = "folder"
+    collection: str = "default"
+    column: str | None = Field(default=None, description="Manifest column holding the path or URL")
+    perception_encoder_version_id: str | None = None
+
+
+class IngestJobOut(BaseModel):
+    id: str
+    source: str
+    collection: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    summary: dict[str, Any]
+    error: str | None
+    created_at: str
+    finished_at: str | None

@@ -1,0 +1,185 @@
+"""`pe-search` commands over the image index: ingest, search, collections, stats, delete, reindex, db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.settings import Settings
+
+
+def _store(settings: Settings):  # noqa: ANN202 - VectorStore, imported lazily to keep --help fast
+    from app.main import open_store
+
+    return open_store(settings)
+
+
+def _encoder(settings: Settings, model: str | None):  # noqa: ANN202 - PEEncoder
+    from app.registry import ModelRegistry
+
+    return ModelRegistry(settings).get(model)
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from app.fetch import UrlFetcher
+    from app.ingest.pipeline import Ingestor
+    from app.ingest.sources import count_folder, folder_items, manifest_items, url_list_items
+
+    if sum(x is not None for x in (args.source, args.manifest, args.urls)) != 1:
+        print("pe-search: give exactly one of SOURCE (a folder), --manifest FILE or --urls FILE", file=sys.stderr)
+        return 2
+    if args.source is not None:
+        items, total = folder_items(Path(args.source)), count_folder(Path(args.source))
+    elif args.manifest is not None:
+        items, total = manifest_items(Path(args.manifest), args.column), None
+    else:
+        items, total = url_list_items(Path(args.urls)), None
+    store = _store(settings)
+    encoder = _encoder(settings, args.model or store.model_of(args.collection))
+    ingestor = Ingestor(
+        store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()),
+        batch_size=args.batch_size or settings.ingest_batch, workers=settings.ingest_workers,
+    )
+    with tqdm(total=total, unit="img", disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True) as bar:
+
+        def progress(summary) -> None:  # noqa: ANN001 - IngestSummary
+            bar.update(summary.processed - bar.n)
+            bar.set_postfix(added=summary.added, dup=summary.duplicates, failed=len(summary.failed), refresh=False)
+
+        summary = ingestor.run(items, collection=args.collection, progress=progress)
+    store.close()
+    result = summary.to_dict()
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"{result['added']} added, {result['unchanged']} unchanged, {result['duplicates']} duplicates, "
+            f"{result['failed']} failed in {result['seconds']:.1f} s ({result['images_per_second']} images/s)"
+        )
+        for failure in result["failures"]:
+            print(f"  failed: {failure['uri']}: {failure['reason']}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from app.imaging import decode_image
+
+    store = _store(settings)
+    info = store.collection(args.collection)
+    if args.id is not None:
+        _, vector = store.vector(args.id)
+    else:
+        encoder = _encoder(settings, info.model)
+        if args.image:
+            vector = encoder.embed_images([decode_image(Path(args.image).read_bytes())])[0]
+        elif args.text:
+            vector = encoder.embed_texts([" ".join(args.text)])[0]
+        else:
+            print("pe-search: give TEXT, --image PATH or --id N", file=sys.stderr)
+            return 2
+    hits = store.search(info.id, vector, args.k)
+    images = store.images([h.id for h in hits])
+    rows = [{"id": h.id, "score": round(h.score, 4), "uri": images[h.id].uri, "metadata": images[h.id].meta} for h in hits if h.id in images]
+    if args.json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(f"{row['score']:.4f}  {row['id']:>8}  {row['uri']}")
+    return 0
+
+
+def cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
+    infos = _store(settings).collections()
+    if args.json:
+        _print_json([i.__dict__ for i in infos])
+        return 0
+    print(f"{'name':<24}{'model':<18}{'dim':>5}{'images':>10}  index")
+    for info in infos:
+        print(f"{info.name:<24}{info.model:<18}{info.dim:>5}{info.count:>10}  {info.live_index} ({info.index_type})")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    stats = store.stats()
+    stats["failures"] = {c["name"]: len(store.failures(c["id"])) for c in stats["collections"]}
+    _print_json(stats)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    deleted = store.delete_images(args.ids)
+    store.close()
+    print(f"{deleted} deleted" + (f", {len(args.ids) - deleted} not found" if deleted < len(args.ids) else ""))
+    return 0 if deleted == len(args.ids) else 1
+
+
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    store = _store(settings)
+    info = store.reindex(args.collection, index_type=args.index_type)
+    store.close()
+    print(f"{info.name}: {info.count} vectors in a {info.live_index} index ({info.index_type})")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from index.db import create_db_engine, current_revision, upgrade_database
+
+    engine = create_db_engine(settings.db_url)
+    upgrade_database(engine)
+    print(f"database at revision {current_revision(engine)}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentParser) -> None:
+    ingest = sub.add_parser("ingest", parents=[model_opts], help="embed and index a folder, a URL list or a manifest")
+    ingest.add_argument("source", nargs="?", help="a folder of images (recursive)")
+    ingest.add_argument("--manifest", help="CSV or JSONL with a path/url column; other columns become metadata")
+    ingest.add_argument("--urls", help="a text file of image URLs, one a line")
+    ingest.add_argument("--column", help="the manifest's path/URL column (default: path, url, uri...)")
+    ingest.add_argument("--collection", default="default")
+    ingest.add_argument("--batch-size", type=int)
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ingest.set_defaults(func=cmd_ingest)
+
+    search = sub.add_parser("search", parents=[model_opts], help="search a collection by text, image or id")
+    search.add_argument("text", nargs="*")
+    search.add_argument("--image", help="an image file: find similar ones")
+    search.add_argument("--id", type=int, help="a stored image's id: find similar ones")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--collection", default="default")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_search)
+
+    collections = sub.add_parser("collections", help="list collections")
+    collections.add_argument("--json", action="store_true")
+    collections.set_defaults(func=cmd_collections)
+
+    stats = sub.add_parser("stats", help="collections, sizes, index types, failures (JSON)")
+    stats.set_defaults(func=cmd_stats)
+
+    delete = sub.add_parser("delete", help="delete images by id")
+    delete.add_argument("ids", nargs="+", type=int)
+    delete.set_defaults(func=cmd_delete)
+
+    reindex = sub.add_parser("reindex", help="rebuild a collection's index, optionally as another type")
+    reindex.add_argument("--collection", default="default")
+    reindex.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"])
+    reindex.set_defaults(func=cmd_reindex)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply migrations")
+    upgrade.set_defaults(func=cmd_db_upgrade)

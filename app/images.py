@@ -1,0 +1,96 @@
+"""Single images: uploads (stored content-addressed), files to serve, metadata edits, deletes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.embedder import Embedder
+from app.errors import NotFoundError
+from app.imaging import decode_image, image_format
+from app.inference import run_blocking
+from index.crud import NewImage
+from index.models import Image
+from index.store import VectorStore
+
+UPLOAD_SCHEME = "upload://"
+
+
+class UploadFiles:
+    """Uploaded bytes under the data dir, named by their sha256."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, sha256: str) -> Path:
+        return self.directory / sha256[:2] / sha256
+
+    def save(self, data: bytes, sha256: str) -> None:
+        target = self.path(sha256)
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+
+
+@dataclass(frozen=True)
+class Added:
+    id: int
+    created: bool
+    collection: str
+
+
+class ImageService:
+    def __init__(self, *, store: VectorStore, embedder: Embedder, uploads: UploadFiles) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.uploads = uploads
+
+    async def add_upload(self, data: bytes, *, collection: str, metadata: dict[str, Any], model: str | None) -> Added:
+        """Store an uploaded image (or find the stored copy of the same bytes) and index it."""
+        encoder = await self.embedder.encoder(model or await run_blocking(self.store.model_of, collection))
+        info = await run_blocking(
+            self.store.ensure_collection, collection, model=encoder.variant.version_id, dim=encoder.variant.dim
+        )
+        image = await run_blocking(decode_image, data)
+        sha256 = hashlib.sha256(data).hexdigest()
+        existing = await run_blocking(self.store.existing_shas, info.id, [sha256])
+        if sha256 in existing:
+            return Added(existing[sha256], False, collection)
+        vector = (await self.embedder.runner.run(encoder.embed_images, [image]))[0]
+        await run_blocking(self.uploads.save, data, sha256)
+        row = NewImage(
+            sha256=sha256, uri=f"{UPLOAD_SCHEME}{sha256}", width=image.width, height=image.height,
+            format=image_format(data), byte_size=len(data), vector=vector, meta=metadata,
+        )
+        [(image_id, created)] = await run_blocking(self.store.add_images, info.id, [row])
+        return Added(image_id, created, collection)
+
+    def file_location(self, image: Image) -> Path | str:
+        """A local path to serve, or the source URL to redirect to."""
+        if image.uri.startswith(UPLOAD_SCHEME):
+            path = self.uploads.path(image.uri[len(UPLOAD_SCHEME):])
+            if path.is_file():
+                return path
+            raise NotFoundError(f"The stored upload of image {image.id} is missing.")
+        if image.uri.startswith(("http://", "https://")):
+            return image.uri
+        root = self.store.source_root(image.id, image.uri)
+        path = Path(image.uri)
+        try:
+            real = path.resolve(strict=True)
+        except OSError:
+            raise NotFoundError(f"The file of image {image.id} is no longer at {image.uri}.") from None
+        # Served only while the file still lies under the folder it was ingested from.
+        if root is None or not real.is_relative_to(Path(root)) or not real.is_file():
+            raise NotFoundError(f"The file of image {image.id} is no longer under its ingest root.")
+        return real
+

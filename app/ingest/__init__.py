@@ -1,0 +1,1 @@
+"""Ingestion: sources (reader) -> decode and embed -> store (writer)."""

@@ -1,0 +1,235 @@
+"""The ingest pipeline: reader -> decode threads -> batched model -> one transaction per batch.
+
+Unchanged files (same path, size and mtime) are skipped before they are read. Decoding
+and PE preprocessing run in worker threads ahead of the model; content already stored
+(same sha256) gets a new source row but no second embedding. A bad item is recorded
+and skipped; nothing stops the run but the source itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from app.encoder import PEEncoder
+from app.errors import ImageLoadError
+from app.fetch import UrlFetcher
+from app.imaging import decode_image, image_format
+from app.ingest.sources import Rejected, SourceItem
+from index.crud import NewImage
+from index.store import VectorStore
+
+log = logging.getLogger(__name__)
+CHECKPOINT_EVERY_SECONDS = 60.0
+
+
+@dataclass
+class IngestSummary:
+    added: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.added + self.unchanged + self.duplicates + len(self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        rate = self.added / self.seconds if self.seconds else 0.0
+        return {
+            "added": self.added,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "failed": len(self.failed),
+            "failures": [{"uri": uri, "reason": reason} for uri, reason in self.failed],
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(rate, 2),
+        }
+
+
+@dataclass
+class _Prepared:
+    item: SourceItem
+    sha256: str
+    width: int
+    height: int
+    format: str | None
+    byte_size: int
+    pixels: torch.Tensor
+
+
+@dataclass
+class _Unchanged:
+    item: SourceItem
+
+
+Outcome = _Prepared | _Unchanged | Rejected
+Progress = Callable[[IngestSummary], None]
+
+
+def _done(value: Outcome) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        store: VectorStore,
+        encoder: PEEncoder,
+        fetcher: UrlFetcher,
+        batch_size: int = 32,
+        workers: int = 4,
+    ) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.fetcher = fetcher
+        self.batch_size = batch_size
+        self.workers = workers
+
+    def run(
+        self,
+        items: Iterable[SourceItem | Rejected],
+        *,
+        collection: str,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> IngestSummary:
+        info = self.store.ensure_collection(collection, model=self.encoder.variant.version_id, dim=self.encoder.variant.dim)
+        summary = IngestSummary()
+        started = last_checkpoint = time.monotonic()
+        batch: list[_Prepared] = []
+        rejected: list[Rejected] = []
+        for outcome in self._outcomes(items, info.id):
+            if isinstance(outcome, _Unchanged):
+                summary.unchanged += 1
+            elif isinstance(outcome, Rejected):
+                rejected.append(outcome)
+            else:
+                batch.append(outcome)
+            if len(batch) >= self.batch_size or len(rejected) >= self.batch_size:
+                self._write(info.id, batch, rejected, summary)
+                batch, rejected = [], []
+                summary.seconds = time.monotonic() - started
+                if progress:
+                    progress(summary)
+                if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_SECONDS:
+                    self.store.checkpoint(collection)
+                    last_checkpoint = time.monotonic()
+            if cancel is not None and cancel.is_set():
+                break
+        self._write(info.id, batch, rejected, summary)
+        self.store.checkpoint(collection)
+        summary.seconds = time.monotonic() - started
+        if progress:
+            progress(summary)
+        return summary
+
+    def _outcomes(self, items: Iterable[SourceItem | Rejected], collection_id: int) -> Iterator[Outcome]:
+        """Outcomes in input order, decoding up to two batches ahead of the consumer."""
+        ahead = 2 * self.batch_size
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="pe-decode") as pool:
+            pending: deque[Future] = deque()
+            for chunk in _chunks(items, 256):
+                for entry in self._skip_unchanged(chunk, collection_id):
+                    pending.append(pool.submit(self._prepare, entry) if isinstance(entry, SourceItem) else _done(entry))
+                    while len(pending) > ahead:
+                        yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _skip_unchanged(self, chunk: list[SourceItem | Rejected], collection_id: int) -> list[SourceItem | Outcome]:
+        uris = [entry.uri for entry in chunk if isinstance(entry, SourceItem) and entry.data is None]
+        known = self.store.known_sources(collection_id, uris) if uris else {}
+        out: list[SourceItem | Outcome] = []
+        for entry in chunk:
+            seen = known.get(entry.uri) if isinstance(entry, SourceItem) else None
+            # A URL is taken as immutable; a file as unchanged while its size and mtime are.
+            if seen is not None and (entry.url is not None or (seen[0], seen[1]) == (entry.size, entry.mtime)):
+                out.append(_Unchanged(entry))
+            else:
+                out.append(entry)
+        return out
+
+    def _prepare(self, item: SourceItem) -> _Prepared | Rejected:
+        try:
+            data = self._read(item)
+            image = decode_image(data)
+            return _Prepared(
+                item=item,
+                sha256=hashlib.sha256(data).hexdigest(),
+                width=image.width,
+                height=image.height,
+                format=image_format(data),
+                byte_size=len(data),
+                pixels=self.encoder.transform(image),
+            )
+        except ImageLoadError as exc:
+            return Rejected(item.uri, exc.cause)
+        except OSError as exc:
+            return Rejected(item.uri, f"cannot read the file ({exc.strerror or exc})")
+        except Exception as exc:  # noqa: BLE001 - one bad item must never stop the run
+            log.exception("Unexpected failure preparing %s", item.uri)
+            return Rejected(item.uri, f"unexpected error: {type(exc).__name__}")
+
+    def _read(self, item: SourceItem) -> bytes:
+        if item.data is not None:
+            return item.data
+        if item.url is not None:
+            return self.fetcher.fetch(item.url)
+        assert item.path is not None
+        return item.path.read_bytes()
+
+    def _write(self, collection_id: int, batch: list[_Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
+        if not batch and not rejected:
+            return
+        new = self._embed_new(collection_id, batch)
+        rows = [
+            NewImage(
+                sha256=p.sha256, uri=p.item.uri, width=p.width, height=p.height, format=p.format,
+                byte_size=p.byte_size, vector=new.get(p.sha256), meta=p.item.metadata,
+                root=str(p.item.root) if p.item.root else None, size=p.item.size, mtime=p.item.mtime,
+            )
+            for p in batch
+        ]
+        failures = [(r.uri, r.reason) for r in rejected]
+        for (_, created) in self.store.add_images(collection_id, rows, failures):
+            if created:
+                summary.added += 1
+            else:
+                summary.duplicates += 1
+        summary.failed.extend(failures)
+
+    def _embed_new(self, collection_id: int, batch: list[_Prepared]):  # noqa: ANN202 - sha -> vector
+        """Embed each content once: not what is stored already, not a repeat within the batch."""
+        stored = self.store.existing_shas(collection_id, [p.sha256 for p in batch])
+        todo: dict[str, torch.Tensor] = {}
+        for prepared in batch:
+            if prepared.sha256 not in stored:
+                todo.setdefault(prepared.sha256, prepared.pixels)
+        vectors = self.encoder.embed_pixels(list(todo.values())) if todo else []
+        return dict(zip(todo, vectors))
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+

@@ -1,0 +1,144 @@
+"""Readers: what to ingest, as items with a uri, where to read the bytes, and user metadata."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+LOCATION_COLUMNS = ("path", "url", "uri", "file", "image", "filename")
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (a missing folder, a manifest without a path column)."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    uri: str
+    path: Path | None = None
+    url: str | None = None
+    data: bytes | None = None
+    root: Path | None = None
+    size: int | None = None
+    mtime: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An item refused before reading it (a symlink out of the root, a bad manifest row)."""
+
+    uri: str
+    reason: str
+
+
+def is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+def file_item(path: Path, root: Path, metadata: dict[str, Any] | None = None) -> SourceItem | Rejected:
+    """A file under root; symlinks are followed only while they stay inside it."""
+    try:
+        real = path.resolve(strict=True)
+        stat = real.stat()
+    except OSError as exc:
+        return Rejected(str(path), f"cannot read the file ({exc.strerror or exc})")
+    if not real.is_relative_to(root):
+        return Rejected(str(path), "the path leads outside the ingest root (symlink or ..)")
+    return SourceItem(uri=str(real), path=real, root=root, size=stat.st_size, mtime=stat.st_mtime, metadata=metadata or {})
+
+
+def folder_items(root: Path) -> Iterator[SourceItem | Rejected]:
+    """Every image file under root, recursively, in a stable order; symlinked folders are not entered."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise SourceError(f"{root} is not a folder")
+    for directory, subdirs, files in os.walk(root, followlinks=False):
+        subdirs.sort()
+        for name in sorted(files):
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield file_item(Path(directory) / name, root)
+
+
+def count_folder(root: Path) -> int:
+    return sum(
+        1
+        for _, _, files in os.walk(root.resolve(), followlinks=False)
+        for name in files
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def url_list_items(path: Path) -> Iterator[SourceItem | Rejected]:
+    """One URL a line; blank lines and # comments are skipped."""
+    for line in _read_text(path).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        yield SourceItem(uri=line, url=line) if is_url(line) else Rejected(line, "not an http(s) URL")
+
+
+def manifest_items(
+    path: Path, column: str | None = None, allowed_roots: tuple[Path, ...] | None = None
+) -> Iterator[SourceItem | Rejected]:
+    """A CSV (header row) or JSONL manifest: a path/URL column, every other column is metadata.
+
+    Relative paths are taken from the manifest's folder, which is also their root. With
+    `allowed_roots` (server-side jobs), files elsewhere are refused.
+    """
+    rows = _jsonl_rows(path) if path.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows(path)
+    root = path.resolve().parent
+    for number, row in rows:
+        if isinstance(row, Rejected):
+            yield row
+            continue
+        key = column or next((c for c in LOCATION_COLUMNS if c in row), None)
+        if key is None or key not in row:
+            raise SourceError(f"{path}: no {column or '/'.join(LOCATION_COLUMNS)} column")
+        location = str(row.pop(key) or "").strip()
+        if not location:
+            yield Rejected(f"{path}:{number}", f"row {number} has an empty {key}")
+        elif is_url(location):
+            yield SourceItem(uri=location, url=location, metadata=row)
+        else:
+            target = (Path(location) if Path(location).is_absolute() else root / location).resolve()
+            item_root = _root_for(target, (root,) if allowed_roots is None else allowed_roots)
+            if item_root is None and allowed_roots is not None:
+                yield Rejected(str(target), "the path is outside the allowed ingest roots")
+            else:
+                yield file_item(target, item_root or target.parent, row)
+
+
+def _root_for(target: Path, roots: tuple[Path, ...]) -> Path | None:
+    return next((r.resolve() for r in roots if target.is_relative_to(r.resolve())), None)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(_read_text(path).splitlines())
+    for number, row in enumerate(reader, start=2):
+        yield number, {k: v for k, v in row.items() if k is not None}
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            yield number, Rejected(f"{path}:{number}", f"line {number} is not valid JSON")
+            continue
+        yield number, row if isinstance(row, dict) else Rejected(f"{path}:{number}", f"line {number} is not an object")

@@ -1,0 +1,104 @@
+"""Search: a text, an image or a stored image's id -> ranked images of a collection."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.api.schemas import ImageObject
+from app.embedder import Embedder
+from app.errors import InvalidInputError
+from app.inference import run_blocking
+from index.errors import ModelMismatchError
+from index.filters import SearchFilter
+from index.store import CollectionInfo, VectorStore
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    collection: str = "default"
+    text: str | None = None
+    image: ImageObject | None = None
+    image_id: int | None = None
+    top_k: int = 10
+    search_filter: SearchFilter | None = None
+    min_score: float | None = None
+    model: str | None = None
+    knobs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    id: int
+    score: float
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    metadata: dict[str, Any]
+    file_url: str
+
+
+@dataclass
+class Timing:
+    encode: float = 0.0
+    search: float = 0.0
+    fetch: float = 0.0
+
+
+class SearchService:
+    def __init__(self, *, store: VectorStore, embedder: Embedder) -> None:
+        self.store = store
+        self.embedder = embedder
+
+    async def search(self, query: SearchQuery) -> tuple[list[SearchResult], Timing]:
+        if sum(x is not None for x in (query.text, query.image, query.image_id)) != 1:
+            raise InvalidInputError("Give exactly one of text, image or image_id.")
+        timing = Timing()
+        info = await run_blocking(self.store.collection, query.collection)
+        if query.model is not None:
+            self.store.check_model(info, query.model)
+        started = time.perf_counter()
+        vector = await self._query_vector(info, query)
+        timing.encode = time.perf_counter() - started
+        started = time.perf_counter()
+        hits = await run_blocking(
+            self.store.search, info.id, vector, query.top_k, query.search_filter, query.min_score, **query.knobs
+        )
+        timing.search = time.perf_counter() - started
+        started = time.perf_counter()
+        images = await run_blocking(self.store.images, [h.id for h in hits])
+        timing.fetch = time.perf_counter() - started
+        return [_result(h.id, h.score, images[h.id]) for h in hits if h.id in images], timing
+
+    async def _query_vector(self, info: CollectionInfo, query: SearchQuery) -> np.ndarray:
+        if query.image_id is not None:
+            collection_id, vector = await run_blocking(self.store.vector, query.image_id)
+            if collection_id != info.id:
+                other = next(c for c in await run_blocking(self.store.collections) if c.id == collection_id)
+                if other.model != info.model:
+                    raise ModelMismatchError(info.name, info.model, info.dim, other.model)
+            return vector
+        if query.text is not None:
+            return (await self.embedder.embed_texts(info.model, [query.text]))[0]
+        return (await self.embedder.embed_images(info.model, [query.image]))[0]
+
+
+def _result(image_id: int, score: float, image: Any) -> SearchResult:
+    return SearchResult(
+        id=image_id,
+        score=score,
+        uri=image.uri,
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        metadata=image.meta,
+        file_url=f"/images/{image_id}/file",
+    )
+
+
+def result_dict(result: SearchResult) -> dict[str, Any]:
+    return result.__dict__.copy()
