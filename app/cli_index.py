@@ -127,9 +127,24 @@ def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
+    current = store.collection(args.collection)
+    if args.model and args.model != current.model:
+        from app.fetch import UrlFetcher
+        from app.images import UploadFiles
+        from app.reembed import reembed_collection
+
+        result = reembed_collection(
+            store=store, encoder=_encoder(settings, args.model), uploads=UploadFiles(settings.uploads_dir),
+            fetcher=UrlFetcher(settings.url_policy()), name=args.collection, batch_size=settings.ingest_batch,
+        )
+        if result.failed:
+            print(f"pe-search: {len(result.failed)} images could not be re-embedded; the collection is unchanged:", file=sys.stderr)
+            for image_id, reason in result.failed[:20]:
+                print(f"  image {image_id}: {reason}", file=sys.stderr)
+            return 1
     info = store.reindex(args.collection, index_type=args.index_type)
     store.close()
-    print(f"{info.name}: {info.count} vectors in a {info.live_index} index ({info.index_type})")
+    print(f"{info.name}: {info.count} vectors of {info.model} in a {info.live_index} index ({info.index_type})")
     return 0
 
 
@@ -174,7 +189,9 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
     delete.add_argument("ids", nargs="+", type=int)
     delete.set_defaults(func=cmd_delete)
 
-    reindex = sub.add_parser("reindex", help="rebuild a collection's index, optionally as another type")
+    reindex = sub.add_parser(
+        "reindex", parents=[model_opts], help="rebuild a collection's index (another --index-type, or re-embed with --model)"
+    )
     reindex.add_argument("--collection", default="default")
     reindex.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"])
     reindex.set_defaults(func=cmd_reindex)

@@ -75,22 +75,24 @@ class ImageService:
         return Added(image_id, created, collection)
 
     def file_location(self, image: Image) -> Path | str:
-        """A local path to serve, or the source URL to redirect to."""
-        if image.uri.startswith(UPLOAD_SCHEME):
-            path = self.uploads.path(image.uri[len(UPLOAD_SCHEME):])
-            if path.is_file():
-                return path
-            raise NotFoundError(f"The stored upload of image {image.id} is missing.")
-        if image.uri.startswith(("http://", "https://")):
-            return image.uri
-        root = self.store.source_root(image.id, image.uri)
-        path = Path(image.uri)
-        try:
-            real = path.resolve(strict=True)
-        except OSError:
-            raise NotFoundError(f"The file of image {image.id} is no longer at {image.uri}.") from None
-        # Served only while the file still lies under the folder it was ingested from.
-        if root is None or not real.is_relative_to(Path(root)) or not real.is_file():
-            raise NotFoundError(f"The file of image {image.id} is no longer under its ingest root.")
-        return real
+        return locate_image_file(image, self.store, self.uploads)
 
+
+def locate_image_file(image: Image, store: VectorStore, uploads: UploadFiles) -> Path | str:
+    """A stored image's bytes: a local path (uploads; files still under their ingest root) or its URL."""
+    if image.uri.startswith(UPLOAD_SCHEME):
+        path = uploads.path(image.uri[len(UPLOAD_SCHEME):])
+        if path.is_file():
+            return path
+        raise NotFoundError(f"The stored upload of image {image.id} is missing.")
+    if image.uri.startswith(("http://", "https://")):
+        return image.uri
+    root = store.source_root(image.id, image.uri)
+    try:
+        real = Path(image.uri).resolve(strict=True)
+    except OSError:
+        raise NotFoundError(f"The file of image {image.id} is no longer at {image.uri}.") from None
+    # Served only while the file still lies under the folder it was ingested from.
+    if root is None or not real.is_relative_to(Path(root)) or not real.is_file():
+        raise NotFoundError(f"The file of image {image.id} is no longer under its ingest root.")
+    return real

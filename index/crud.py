@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from index.errors import CollectionNotFoundError
 from index.filters import SearchFilter, conditions
-from index.models import Collection, Failure, Image, Source, Tombstone, utcnow
+from index.models import Collection, Failure, Image, Source, StagedVector, Tombstone, utcnow
 
 
 @dataclass
@@ -191,3 +191,41 @@ def images_by_id(session: Session, *, image_ids: Sequence[int]) -> dict[int, Ima
 
 def failures(session: Session, *, collection_id: int) -> list[Failure]:
     return list(session.scalars(select(Failure).where(Failure.collection_id == collection_id).order_by(Failure.id)))
+
+
+def stage_vectors(session: Session, *, collection_id: int, image_ids: Sequence[int], vectors: np.ndarray) -> None:
+    session.execute(delete(StagedVector).where(StagedVector.image_id.in_(list(image_ids))))
+    session.execute(
+        insert(StagedVector),
+        [
+            {"image_id": int(i), "collection_id": collection_id, "vector": np.asarray(v, dtype=np.float32).tobytes()}
+            for i, v in zip(image_ids, vectors)
+        ],
+    )
+
+
+def discard_staged(session: Session, *, collection_id: int) -> None:
+    session.execute(delete(StagedVector).where(StagedVector.collection_id == collection_id))
+
+
+def unstaged_count(session: Session, *, collection_id: int) -> int:
+    staged = select(StagedVector.image_id).where(StagedVector.collection_id == collection_id)
+    query = select(func.count()).select_from(Image).where(Image.collection_id == collection_id, Image.id.not_in(staged))
+    return session.scalar(query) or 0
+
+
+def apply_staged(session: Session, *, collection_id: int) -> None:
+    staged = select(StagedVector.vector).where(StagedVector.image_id == Image.id).scalar_subquery()
+    session.execute(
+        update(Image).where(Image.collection_id == collection_id).values(vector=staged, updated_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    discard_staged(session, collection_id=collection_id)
+
+
+def images_after(session: Session, *, collection_id: int, after_id: int = 0, limit: int = 1000) -> list[Image]:
+    return list(
+        session.scalars(
+            select(Image).where(Image.collection_id == collection_id, Image.id > after_id).order_by(Image.id).limit(limit)
+        )
+    )

@@ -38,3 +38,12 @@ class ImageNotFoundError(StoreError):
 
 class InvalidFilterError(StoreError):
     """A search filter that cannot be applied."""
+
+
+class IncompleteStagingError(StoreError):
+    """A model switch asked for while some images have no vector from the new model."""
+
+    def __init__(self, collection: str, missing: int) -> None:
+        super().__init__(
+            f"{missing} images of {collection!r} have no vector from the new model; nothing was changed."
+        )

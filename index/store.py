@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,13 @@ from sqlalchemy.orm import Session
 from index import checkpoint as ckpt
 from index import crud
 from index.db import session_factory, upgrade_database
-from index.errors import CollectionExistsError, CollectionNotFoundError, ImageNotFoundError, ModelMismatchError
+from index.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    ImageNotFoundError,
+    IncompleteStagingError,
+    ModelMismatchError,
+)
 from index.filters import SearchFilter
 from index.models import Collection, Image, Source
 from index.vector_index import IndexSpec, VectorIndex, choose_spec
@@ -243,6 +249,40 @@ class VectorStore:
             self._live[collection.id] = live
         self.checkpoint(name)
         return self.collection(name)
+
+    def iter_images(self, collection_id: int, batch: int = 256) -> Iterator[list[Image]]:
+        """A collection's image rows in id order, in batches, detached from any session."""
+        last = 0
+        while True:
+            with self.sessions() as session:
+                rows = crud.images_after(session, collection_id=collection_id, after_id=last, limit=batch)
+                session.expunge_all()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].id
+
+    def stage_vectors(self, collection_id: int, image_ids: Sequence[int], vectors: np.ndarray) -> None:
+        with self.sessions() as session, session.begin():
+            crud.stage_vectors(session, collection_id=collection_id, image_ids=image_ids, vectors=vectors)
+
+    def discard_staged(self, collection_id: int) -> None:
+        with self.sessions() as session, session.begin():
+            crud.discard_staged(session, collection_id=collection_id)
+
+    def switch_model(self, name: str, *, model: str, dim: int) -> CollectionInfo:
+        """Swap every image's vector for its staged one and relabel the collection, in one transaction.
+
+        Refused (nothing changes) unless every image of the collection has a staged vector.
+        """
+        with self.sessions() as session, session.begin():
+            collection = crud.get_collection(session, name=name)
+            missing = crud.unstaged_count(session, collection_id=collection.id)
+            if missing:
+                raise IncompleteStagingError(name, missing)
+            crud.apply_staged(session, collection_id=collection.id)
+            collection.model, collection.dim = model, dim
+        return self.reindex(name)
 
     def _live_for(self, collection_id: int) -> _Live:
         with self._lock:

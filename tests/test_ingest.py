@@ -204,3 +204,47 @@ def test_batches_embed_like_one_by_one(tmp_path: Path, store: VectorStore, encod
         image_id = next(i for i, img in store.images(list(range(1, 50))).items() if img.uri == str(path.resolve()))
         expected = encoder.embed_images([decode_image(path.read_bytes())])[0]
         np.testing.assert_allclose(store.vector(image_id)[1], expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def other_encoder() -> PEEncoder:
+    from app.variants import get_variant
+
+    return PEEncoder(get_variant("PE-Core-S16-384"), weights="random", device="cpu").load()
+
+
+def reembed(store: VectorStore, encoder: PEEncoder, tmp_path: Path):  # noqa: ANN201
+    from app.images import UploadFiles
+    from app.reembed import reembed_collection
+
+    return reembed_collection(
+        store=store, encoder=encoder, uploads=UploadFiles(tmp_path / "uploads"),
+        fetcher=UrlFetcher(UrlPolicy()), name="c", batch_size=3,
+    )
+
+
+def test_reindex_with_another_model_switches_every_vector(tmp_path, store, encoder, other_encoder) -> None:
+    from app.imaging import decode_image
+
+    paths = make_folder(tmp_path / "photos", count=5)
+    ingestor(store, encoder).run(folder_items(tmp_path / "photos"), collection="c")
+    result = reembed(store, other_encoder, tmp_path)
+    assert result.failed == [] and result.info.model == "PE-Core-S16-384" and result.info.indexed == 5
+    for path in paths:
+        query = other_encoder.embed_images([decode_image(path.read_bytes())])[0]
+        top = store.search(result.info.id, query, 1)[0]
+        assert store.image(top.id).uri == str(path.resolve()) and top.score == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ModelMismatchError):
+        store.ensure_collection("c", model="PE-Core-T16-384", dim=512)
+
+
+def test_reindex_with_another_model_changes_nothing_if_a_source_is_gone(tmp_path, store, encoder, other_encoder) -> None:
+    paths = make_folder(tmp_path / "photos", count=4)
+    ingestor(store, encoder).run(folder_items(tmp_path / "photos"), collection="c")
+    before = {i: store.vector(i)[1].copy() for i in store.images(list(range(1, 20)))}
+    paths[2].unlink()
+    result = reembed(store, other_encoder, tmp_path)
+    assert result.info is None and len(result.failed) == 1 and "no longer" in result.failed[0][1]
+    assert store.collection("c").model == "PE-Core-T16-384"
+    for image_id, vector in before.items():
+        np.testing.assert_array_equal(store.vector(image_id)[1], vector)

@@ -74,7 +74,7 @@ def test_migrations_create_exactly_the_models_schema(tmp_path: Path) -> None:
     engine = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     assert inspect(engine).get_table_names() == []
     upgrade_database(engine)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     upgrade_database(engine)  # idempotent
