@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.api.schemas import ImageObject
 from app.encoder import PEEncoder
-from app.errors import InvalidInputError, TooManyItemsError
+from app.errors import InvalidInputError, PayloadTooLargeError, TooManyItemsError
 from app.image_input import ImageLoader
 from app.inference import InferenceRunner, run_blocking
 from app.registry import ModelRegistry
@@ -50,12 +50,28 @@ class ClassScores:
 
 class Embedder:
     def __init__(
-        self, registry: ModelRegistry, loader: ImageLoader, runner: InferenceRunner, *, max_items: int
+        self,
+        registry: ModelRegistry,
+        loader: ImageLoader,
+        runner: InferenceRunner,
+        *,
+        max_items: int,
+        max_text_chars: int = 10_000,
     ) -> None:
         self.registry = registry
         self.loader = loader
         self.runner = runner
         self.max_items = max_items
+        self.max_text_chars = max_text_chars
+
+    def _check_texts(self, texts: Sequence[str]) -> None:
+        # Long texts are truncated by the tokenizer; megabytes of text are refused before tokenizing.
+        for index, text in enumerate(texts):
+            if len(text) > self.max_text_chars:
+                raise PayloadTooLargeError(
+                    f"Text {index} has {len(text)} characters; at most {self.max_text_chars} are accepted "
+                    "(PE_SEARCH_MAX_TEXT_CHARS)."
+                )
 
     def _check_count(self, count: int, what: str) -> None:
         if count == 0:
@@ -82,6 +98,7 @@ class Embedder:
 
     async def embed_texts(self, version_id: str | None, texts: Sequence[str]) -> np.ndarray:
         self._check_count(len(texts), "text")
+        self._check_texts(texts)
         encoder = await self.encoder(version_id)
         return await self.runner.run(encoder.embed_texts, list(texts))
 
@@ -89,6 +106,7 @@ class Embedder:
         if kind == "text":
             if not all(isinstance(item, str) for item in items):
                 raise InvalidInputError(f"{role}_type is 'text' but the {role} holds an image object")
+            self._check_texts(items)
             return await self.runner.run(encoder.embed_texts, list(items))
         return await self.runner.run(encoder.embed_images, await self._load_images(items))
 

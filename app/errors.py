@@ -60,3 +60,15 @@ class ForbiddenPathError(PESearchError):
 
 class NotFoundError(PESearchError):
     """Something a client named does not exist (an ingest job, a stored file)."""
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A request body, image or text over its configured limit."""
+
+
+class AuthError(PESearchError):
+    """No API key, or one that is not valid (401)."""
+
+
+class PermissionDeniedError(PESearchError):
+    """A valid key without the right to do this (403)."""

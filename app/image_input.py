@@ -39,16 +39,21 @@ def decode_base64(value: Any) -> bytes:
 class ImageLoader:
     """Loads one image object of any accepted type; blocking (decode, network)."""
 
-    def __init__(self, fetcher: UrlFetcher) -> None:
+    def __init__(self, fetcher: UrlFetcher, *, max_bytes: int = 20 * 1024 * 1024, max_pixels: int | None = None) -> None:
         self.fetcher = fetcher
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
 
     def load(self, kind: str, value: Any) -> Image.Image:
-        return decode_image(self.load_bytes(kind, value))
+        return decode_image(self.load_bytes(kind, value), self.max_pixels)
 
     def load_bytes(self, kind: str, value: Any) -> bytes:
         """The encoded image bytes an image object names, not yet decoded."""
         kind = kind.lower()
         if kind == "base64":
+            # Checked on the text, before decoding allocates anything.
+            if isinstance(value, str) and len(value) > self.max_bytes * 4 // 3 + 64:
+                raise ImageLoadError(f"the image is larger than {self.max_bytes} bytes (PE_SEARCH_MAX_IMAGE_BYTES)")
             return decode_base64(value)
         if kind == "url":
             if not isinstance(value, str):

@@ -11,7 +11,10 @@ import torch
 from fastapi import FastAPI
 
 from app import __version__
+from app.api.auth import KeyRing
 from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
+from app.api.request_log import RequestLog
 from app.api.routes import collections, embedding, health, images, ingest, search
 from app.embedder import Embedder
 from app.fetch import UrlFetcher
@@ -45,7 +48,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("PE_SEARCH_WEIGHTS=random: serving RANDOM weights; embeddings carry no meaning.")
     registry = ModelRegistry(settings)
     runner = InferenceRunner()
-    embedder = Embedder(registry, ImageLoader(UrlFetcher(settings.url_policy())), runner, max_items=settings.max_batch)
+    loader = ImageLoader(
+        UrlFetcher(settings.url_policy()), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+    )
+    embedder = Embedder(
+        registry, loader, runner, max_items=settings.max_batch, max_text_chars=settings.max_text_chars
+    )
     # Migrations run here, before the first request; the indexes load or rebuild from the database.
     store = await run_blocking(open_store, settings)
     jobs = JobManager()
@@ -79,7 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings = settings or Settings()
+    app.state.keys = KeyRing.from_settings(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLog)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(embedding.router)

@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     max_top_k: int = Field(default=1000, ge=1)
     cache_dir: Path | None = None
     max_batch: int = Field(default=64, ge=1, le=4096)
+    # Input limits: each refused with a 4xx and a message, before the work it would cost.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=89_478_485, ge=1)
+    max_text_chars: int = Field(default=10_000, ge=1)
+    # Access control: comma-separated keys, or a file with one `KEY [read|write]` a line.
+    # With none set, the API is open (the default binds to 127.0.0.1 only).
+    api_keys: str = Field(default="", repr=False)
+    read_api_keys: str = Field(default="", repr=False)
+    api_keys_file: Path | None = None
     # How many images or texts go through the model in one forward pass.
     inference_batch: int = Field(default=32, ge=1, le=1024)
     max_loaded_models: int = Field(default=2, ge=1, le=5)

@@ -16,6 +16,10 @@ from app.settings import Settings
 
 TEST_MODEL = "PE-Core-T16-384"
 TEST_MAX_BATCH = 16
+TEST_MAX_BODY = 4 * 1024 * 1024
+TEST_MAX_IMAGE_BYTES = 2 * 1024 * 1024
+TEST_MAX_PIXELS = 4_000_000
+TEST_MAX_TEXT = 2_000
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +30,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         device="cpu",
         data_dir=tmp_path_factory.mktemp("data"),
         max_batch=TEST_MAX_BATCH,
+        max_body_bytes=TEST_MAX_BODY,
+        max_image_bytes=TEST_MAX_IMAGE_BYTES,
+        max_image_pixels=TEST_MAX_PIXELS,
+        max_text_chars=TEST_MAX_TEXT,
         inference_batch=8,
         # Tests fetch from a server on 127.0.0.1; the refusal rules are tested as pure functions.
         url_allow_http=True,

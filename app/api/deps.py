@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Request
+
+from app.api.auth import require
 
 from app.embedder import Embedder
 from app.images import ImageService
@@ -52,18 +54,5 @@ EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 
 
-def client_api_key(
-    api_key: Annotated[str | None, Query(description="API key; also accepted as a Bearer token or a body field")] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    countinference: Annotated[bool | None, Query(include_in_schema=False)] = None,
-    service_secret: Annotated[str | None, Query(include_in_schema=False)] = None,
-) -> str | None:
-    """The key a Roboflow client sent, query parameter first, then the Bearer header.
-
-    Accepted so existing clients work unchanged; not enforced yet. The body's
-    `api_key` field, last in precedence, is read by the request models.
-    """
-    if api_key:
-        return api_key
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+ReadAccess = Depends(require("read"))
+WriteAccess = Depends(require("write"))

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.errors import (
+    AuthError,
     ForbiddenPathError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
     ImageLoadError,
     InvalidInputError,
     ModelUnavailableError,
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 # Most specific first: the first matching class decides the status.
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (TooManyItemsError, 413),
+    (PayloadTooLargeError, 413),
+    (AuthError, 401),
+    (PermissionDeniedError, 403),
     (ImageLoadError, 400),
     (UnknownModelError, 400),
     (InvalidInputError, 400),
@@ -63,7 +73,24 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=500, content={"message": "Internal error."})
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422 body, except that echoed NaN or infinity inputs are written as strings:
+    the default handler would fail to serialise them and answer 500."""
+    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
     for base in (PESearchError, StoreError, SourceError):
         app.add_exception_handler(base, _domain_error)
     app.add_exception_handler(Exception, _unexpected_error)

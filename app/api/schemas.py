@@ -25,7 +25,7 @@ ImageOrText = ImageObject | str
 class BaseRequest(BaseModel):
     """Fields every Roboflow request may carry; all optional, unknown fields ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     api_key: str | None = None

@@ -5,15 +5,34 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.schemas import ImageObject
 
 Scalar = str | int | float | bool
 
 
+def finite_json(value: Any) -> Any:
+    """Refuse NaN and infinities anywhere in a JSON value: they are not JSON and could not be served back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and infinite numbers are not allowed")
+    if isinstance(value, dict):
+        for item in value.values():
+            finite_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            finite_json(item)
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(finite_json)]
+
+
 class SearchFilterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     metadata: dict[str, Scalar | list[Scalar]] = Field(
         default_factory=dict, description="key -> value (equality) or list of values (any of them)"
@@ -26,6 +45,7 @@ class SearchFilterBody(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {"text": "a dog on a beach", "top_k": 10},
@@ -82,7 +102,7 @@ class AddImageRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"image": {"type": "url", "value": "https://example.com/cat.jpg"}, "metadata": {"label": "cat"}}]})
 
     image: ImageObject
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     collection: str = "default"
     perception_encoder_version_id: str | None = None
 
@@ -94,7 +114,7 @@ class AddImageResponse(BaseModel):
 
 
 class PatchImageRequest(BaseModel):
-    metadata: dict[str, Any] = Field(description="Keys to set; a null value removes the key")
+    metadata: Metadata = Field(description="Keys to set; a null value removes the key")
 
 
 class CollectionOut(BaseModel):

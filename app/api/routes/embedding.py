@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from app.api.deps import EmbedderDep, client_api_key
+from app.api.deps import EmbedderDep, ReadAccess
 from app.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -22,7 +22,7 @@ from app.api.schemas import (
 router = APIRouter(
     prefix="/perception_encoder",
     tags=["perception_encoder"],
-    dependencies=[Depends(client_api_key)],
+    dependencies=[ReadAccess],
     responses={
         400: {"model": ErrorResponse, "description": "An image could not be loaded, or the input is unusable"},
         413: {"model": ErrorResponse, "description": "More items than PE_SEARCH_MAX_BATCH"},

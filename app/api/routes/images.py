@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from app.api.deps import ImagesDep, StoreDep
+from app.api.deps import ImagesDep, ReadAccess, StoreDep, WriteAccess
 from app.api.schemas import ErrorResponse
-from app.api.store_schemas import AddImageRequest, AddImageResponse, ImageRecord, PatchImageRequest
+from app.api.store_schemas import AddImageRequest, AddImageResponse, ImageRecord, PatchImageRequest, finite_json
 from app.errors import InvalidInputError
 from app.inference import run_blocking
 
@@ -38,6 +38,7 @@ async def _collection_name(store: StoreDep, collection_id: int) -> str:
 
 @router.post(
     "",
+    dependencies=[WriteAccess],
     response_model=AddImageResponse,
     summary="Add one image: multipart upload (file, metadata, collection) or JSON with an image object",
     openapi_extra={
@@ -86,21 +87,21 @@ def _parse_metadata(raw: Any) -> dict[str, Any]:
     if raw in (None, ""):
         return {}
     try:
-        value = json.loads(str(raw))
+        value = finite_json(json.loads(str(raw)))
     except ValueError:
-        raise InvalidInputError("`metadata` must be a JSON object.") from None
+        raise InvalidInputError("`metadata` must be a JSON object, without NaN or infinities.") from None
     if not isinstance(value, dict):
         raise InvalidInputError("`metadata` must be a JSON object.")
     return value
 
 
-@router.get("/{image_id}", response_model=ImageRecord, summary="An image's record")
+@router.get("/{image_id}", dependencies=[ReadAccess], response_model=ImageRecord, summary="An image's record")
 async def get_image(image_id: int, store: StoreDep) -> ImageRecord:
     image = await run_blocking(store.image, image_id)
     return _record(image, await _collection_name(store, image.collection_id))
 
 
-@router.get("/{image_id}/file", summary="The image file (uploads and files still under their root; URLs redirect)")
+@router.get("/{image_id}/file", dependencies=[ReadAccess], summary="The image file (uploads and files still under their root; URLs redirect)")
 async def get_image_file(image_id: int, store: StoreDep, images: ImagesDep) -> Response:
     image = await run_blocking(store.image, image_id)
     location = await run_blocking(images.file_location, image)
@@ -110,7 +111,7 @@ async def get_image_file(image_id: int, store: StoreDep, images: ImagesDep) -> R
     return FileResponse(location, media_type=media)
 
 
-@router.patch("/{image_id}", response_model=ImageRecord, summary="Set or remove metadata keys (null removes)")
+@router.patch("/{image_id}", dependencies=[WriteAccess], response_model=ImageRecord, summary="Set or remove metadata keys (null removes)")
 async def patch_image(image_id: int, body: PatchImageRequest, store: StoreDep) -> ImageRecord:
     image = await run_blocking(store.image, image_id)
     merged = {**image.meta, **body.metadata}
@@ -119,7 +120,7 @@ async def patch_image(image_id: int, body: PatchImageRequest, store: StoreDep) -
     return _record(updated, await _collection_name(store, updated.collection_id))
 
 
-@router.delete("/{image_id}", status_code=204, summary="Delete an image from its collection and index")
+@router.delete("/{image_id}", dependencies=[WriteAccess], status_code=204, summary="Delete an image from its collection and index")
 async def delete_image(image_id: int, store: StoreDep) -> Response:
     await run_blocking(store.image, image_id)  # 404 when absent
     await run_blocking(store.delete_images, [image_id])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import APIRouter
 
-from app.api.deps import EmbedderDep, JobsDep, SettingsDep, StoreDep
+from app.api.deps import EmbedderDep, JobsDep, ReadAccess, SettingsDep, StoreDep, WriteAccess
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import IngestJobOut, IngestRequest
 from app.errors import ForbiddenPathError, InvalidInputError
@@ -24,7 +24,7 @@ def allowed_path(raw: str, roots: tuple[Path, ...]) -> Path:
     return path
 
 
-@router.post("", response_model=IngestJobOut, status_code=202, summary="Start ingesting a server-side folder or manifest")
+@router.post("", dependencies=[WriteAccess], response_model=IngestJobOut, status_code=202, summary="Start ingesting a server-side folder or manifest")
 async def start_ingest(body: IngestRequest, jobs: JobsDep, store: StoreDep, embedder: EmbedderDep, settings: SettingsDep) -> IngestJobOut:
     roots = settings.ingest_root_paths
     path = allowed_path(body.source, roots)
@@ -50,6 +50,6 @@ async def start_ingest(body: IngestRequest, jobs: JobsDep, store: StoreDep, embe
     return IngestJobOut(**job.to_dict())
 
 
-@router.get("/{job_id}", response_model=IngestJobOut, summary="An ingest job's status, progress and summary")
+@router.get("/{job_id}", dependencies=[ReadAccess], response_model=IngestJobOut, summary="An ingest job's status, progress and summary")
 async def get_job(job_id: str, jobs: JobsDep) -> IngestJobOut:
     return IngestJobOut(**jobs.get(job_id).to_dict())

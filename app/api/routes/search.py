@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import SearchDep, SettingsDep
+from app.api.deps import ReadAccess, SearchDep, SettingsDep
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import SearchRequest, SearchResponse
 from app.search import SearchQuery, Timing, result_dict
@@ -14,6 +14,7 @@ from index.filters import SearchFilter
 
 router = APIRouter(
     tags=["search"],
+    dependencies=[ReadAccess],
     responses={
         400: {"model": ErrorResponse},
         404: {"model": ErrorResponse, "description": "No such collection or image"},
