@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from app.errors import ImageLoadError
 
@@ -76,14 +79,75 @@ def check_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver)
         )
 
 
+class NonPublicPeerError(OSError):
+    """The socket connected to a non-public address, whatever DNS said before (rebinding)."""
+
+
+def _check_peer(sock: socket.socket) -> None:
+    address = sock.getpeername()[0]
+    if not is_public_address(address):
+        sock.close()
+        raise NonPublicPeerError(f"the connection went to a non-public address ({address}), which is refused")
+
+
+class _CheckedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock)
+        return sock
+
+
+class _CheckedHTTPSConnection(HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _check_peer(sock)
+        return sock
+
+
+class _CheckedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
+
+
+class _CheckedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _CheckedHTTPSConnection
+
+
+class PublicPeersOnly(HTTPAdapter):
+    """Checks the address each connection actually reached, before a byte of the request is sent."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - HTTPAdapter's signature
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _CheckedHTTPPool, "https": _CheckedHTTPSPool}
+
+
+def _refusal_in(exc: BaseException) -> NonPublicPeerError | None:
+    """urllib3 and requests wrap the peer refusal a few levels deep; find it."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, NonPublicPeerError):
+            return current
+        pending += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        pending += [e for e in (current.__cause__, current.__context__, getattr(current, "reason", None)) if e]
+    return None
+
+
 class UrlFetcher:
     """Fetches image bytes with every hop checked against the policy."""
 
-    def __init__(self, policy: UrlPolicy, resolver: Resolver = system_resolver) -> None:
+    def __init__(self, policy: UrlPolicy, resolver: Resolver = system_resolver, *, check_peers: bool = True) -> None:
         self.policy = policy
         self.resolver = resolver
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "pe-search"
+        if check_peers and not policy.allow_private_hosts:
+            # Direct connections only: through a proxy, the peer checked would be the proxy.
+            self.session.trust_env = False
+            for scheme in ("http://", "https://"):
+                self.session.mount(scheme, PublicPeersOnly())
 
     def fetch(self, url: str) -> bytes:
         deadline = time.monotonic() + self.policy.connect_timeout + self.policy.read_timeout
@@ -97,6 +161,9 @@ class UrlFetcher:
                     timeout=(self.policy.connect_timeout, self.policy.read_timeout),
                 )
             except requests.RequestException as exc:
+                refusal = _refusal_in(exc)
+                if refusal is not None:
+                    raise ImageLoadError(str(refusal)) from exc
                 raise ImageLoadError(f"the URL could not be fetched ({type(exc).__name__})") from exc
             with response:
                 if response.is_redirect:

@@ -19,8 +19,10 @@ OPEN = UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_private_hosts=True,
 
 class Handler(BaseHTTPRequestHandler):
     release = threading.Event()
+    seen: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        Handler.seen.append(self.path)
         path = self.path
         if path == "/cat.jpg":
             self._send(200, JPEG)
@@ -138,12 +140,14 @@ def test_redirects_are_followed_up_to_the_cap(server: str) -> None:
 
 
 def test_every_redirect_hop_is_checked(server: str) -> None:
-    """The first hop passes (the resolver calls 127.0.0.1 public); the redirect's host is refused unfetched."""
+    """The first hop passes (the resolver calls localhost public, and the connected-address check,
+    tested on its own below, is off); the redirect's host is refused before it is fetched."""
     port = server.rsplit(":", 1)[1]
     policy = UrlPolicy(allow_http=True, read_timeout=2.0)
     resolver = resolver_for({"localhost": ["93.184.216.34"], "internal.example": ["10.0.0.7"]})
     with pytest.raises(ImageLoadError, match="private"):
-        UrlFetcher(policy, resolver).fetch(f"http://localhost:{port}/to-internal")
+        UrlFetcher(policy, resolver, check_peers=False).fetch(f"http://localhost:{port}/to-internal")
+    assert "/to-internal" in Handler.seen
 
 
 @pytest.mark.parametrize("path", ["/big-declared", "/big-streamed"])
@@ -174,3 +178,14 @@ def test_embed_image_from_url_matches_base64(client: TestClient, server: str) ->
     assert bare.json()["similarity"] == [pytest.approx(1.0, abs=1e-5)]
     missing = client.post("/perception_encoder/embed_image", json={"image": {"type": "url", "value": f"{server}/nope.jpg"}})
     assert missing.status_code == 400 and "HTTP 404" in missing.json()["message"]
+
+
+def test_connected_address_is_checked_against_dns_rebinding(server: str) -> None:
+    """DNS says public (the resolver lies, as a rebinding attacker's would); the socket reaches
+    127.0.0.1, and the fetch is refused before any request is sent."""
+    port = server.rsplit(":", 1)[1]
+    policy = UrlPolicy(allow_http=True, read_timeout=2.0)
+    fetcher = UrlFetcher(policy, resolver_for({"localhost": ["93.184.216.34"]}))
+    with pytest.raises(ImageLoadError, match=r"non-public address \((127\.0\.0\.1|::1)\)"):
+        fetcher.fetch(f"http://localhost:{port}/cat.jpg?rebinding")
+    assert "/cat.jpg?rebinding" not in Handler.seen
