@@ -20,6 +20,7 @@ RUN pip install --index-url "${TORCH_INDEX}" torch torchvision
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY index ./index
+COPY migrations ./migrations
 RUN pip install . \
     && useradd --create-home --uid 10001 pesearch \
     && mkdir -p /data /cache \

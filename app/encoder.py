@@ -96,6 +96,9 @@ class PEEncoder:
         self.tokenizer = open_clip.get_tokenizer(variant.open_clip_name)
         self._model: open_clip.CustomTextCLIP | None = None
         self._lock = threading.Lock()
+        # One forward pass at a time, whoever calls (the API's model thread, an ingest job, the CLI):
+        # each pass already uses every core.
+        self._forward = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -182,7 +185,7 @@ class PEEncoder:
         if not items:
             return np.zeros((0, self.variant.dim), dtype=np.float32)
         out = []
-        with self._inference():
+        with self._forward, self._inference():
             for start in range(0, len(items), self.batch_size):
                 features = forward(items[start : start + self.batch_size])
                 # Re-normalise in fp32: under autocast the model's own normalisation ran in half precision.

@@ -72,3 +72,7 @@ class AuthError(PESearchError):
 
 class PermissionDeniedError(PESearchError):
     """A valid key without the right to do this (403)."""
+
+
+class UnsupportedMediaError(PESearchError):
+    """A request body in a content type the route does not take (415)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,12 +58,17 @@ def check_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver)
     """Refuse a URL the policy forbids; a pure check but for the DNS lookup."""
     if not policy.enabled:
         raise ImageLoadError("URL inputs are disabled on this server (PE_SEARCH_URL_INPUT_ENABLED)")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+        if host:
+            host.encode("idna")
+    except (ValueError, UnicodeError):
+        raise ImageLoadError("the URL is malformed") from None
     if parts.scheme not in ("http", "https"):
         raise ImageLoadError(f"only http and https URLs are accepted, not {parts.scheme or 'no scheme'!r}")
     if parts.scheme == "http" and not policy.allow_http:
         raise ImageLoadError("plain http URLs are refused; use https (or set PE_SEARCH_URL_ALLOW_HTTP=true)")
-    host = parts.hostname
     if not host:
         raise ImageLoadError("the URL has no host")
     if _is_ip_literal(host) and not policy.allow_ip_hosts:
@@ -70,8 +76,8 @@ def check_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver)
     if policy.allow_private_hosts:
         return
     try:
-        addresses = resolver(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except OSError as exc:
+        addresses = resolver(host, port or (443 if parts.scheme == "https" else 80))
+    except (OSError, UnicodeError) as exc:
         raise ImageLoadError(f"the URL's host {host!r} could not be resolved") from exc
     if not addresses or not all(is_public_address(a) for a in addresses):
         raise ImageLoadError(
@@ -135,6 +141,22 @@ def _refusal_in(exc: BaseException) -> NonPublicPeerError | None:
     return None
 
 
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    # urllib3 hands the socket to http.client's response: HTTPResponse -> BufferedReader -> SocketIO.
+    reader = getattr(getattr(response.raw, "_fp", None), "fp", None)
+    return getattr(getattr(reader, "raw", None), "_sock", None)
+
+
+def _shutdown(response: requests.Response) -> None:
+    sock = _socket_of(response)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    response.close()
+
+
 class UrlFetcher:
     """Fetches image bytes with every hop checked against the policy."""
 
@@ -160,7 +182,7 @@ class UrlFetcher:
                     allow_redirects=False,
                     timeout=(self.policy.connect_timeout, self.policy.read_timeout),
                 )
-            except requests.RequestException as exc:
+            except (requests.RequestException, ValueError, UnicodeError) as exc:
                 refusal = _refusal_in(exc)
                 if refusal is not None:
                     raise ImageLoadError(str(refusal)) from exc
@@ -179,14 +201,22 @@ class UrlFetcher:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ImageLoadError(f"the image at the URL is larger than {limit} bytes")
+        # A server dripping bytes would keep each read under the read timeout forever: at the
+        # deadline a timer shuts the socket down, which wakes the read blocked on it.
+        watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _shutdown, [response])
+        watchdog.start()
         body = bytearray()
         try:
             for chunk in response.iter_content(_CHUNK):
                 body += chunk
                 if len(body) > limit:
                     raise ImageLoadError(f"the image at the URL is larger than {limit} bytes")
-                if time.monotonic() > deadline:
-                    raise ImageLoadError("fetching the URL took too long")
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError, ValueError, AttributeError) as exc:
+            if time.monotonic() >= deadline:
+                raise ImageLoadError("fetching the URL took too long") from exc
             raise ImageLoadError(f"the URL could not be read ({type(exc).__name__})") from exc
+        finally:
+            watchdog.cancel()
+        if time.monotonic() >= deadline:
+            raise ImageLoadError("fetching the URL took too long")
         return bytes(body)

@@ -12,6 +12,7 @@ from app.api.schemas import ImageObject
 from app.embedder import Embedder
 from app.errors import InvalidInputError
 from app.inference import run_blocking
+from app.variants import get_variant
 from index.errors import ModelMismatchError
 from index.filters import SearchFilter
 from index.store import CollectionInfo, VectorStore
@@ -60,6 +61,7 @@ class SearchService:
         timing = Timing()
         info = await run_blocking(self.store.collection, query.collection)
         if query.model is not None:
+            get_variant(query.model)  # an unknown id is a 400, not a mismatch
             self.store.check_model(info, query.model)
         started = time.perf_counter()
         vector = await self._query_vector(info, query)

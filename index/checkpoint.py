@@ -7,9 +7,13 @@ so a crash at any moment leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ class Checkpoint:
     file: str = ""
     size: int = 0
     model: str = ""
+    generation: int = 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,18 +51,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, write) -> None:  # noqa: ANN001 - a callable taking the temp path
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Serialises checkpoint writers across processes (the server and a CLI ingest, say)."""
+    with open(directory / "LOCK", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def save(directory: Path, index: VectorIndex, checkpoint: Checkpoint) -> Checkpoint:
     directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory):
+        return _save_locked(directory, index, checkpoint)
+
+
+def _save_locked(directory: Path, index: VectorIndex, checkpoint: Checkpoint) -> Checkpoint:
     previous = read_pointer(directory)
+    if previous is not None and previous.generation > checkpoint.generation:
+        log.info("Not checkpointing %s: another process rebuilt it (generation %d)", directory, previous.generation)
+        return checkpoint
     number = int(previous.file.split("-")[1].split(".")[0]) + 1 if previous and previous.file else 1
     name = f"index-{number}.faiss"
     _write_atomic(directory / name, lambda tmp: faiss.write_index(index.index, str(tmp)))
@@ -67,7 +96,7 @@ def save(directory: Path, index: VectorIndex, checkpoint: Checkpoint) -> Checkpo
     checkpoint.hidden = sorted(index.hidden)
     checkpoint.count = index.count
     _write_atomic(directory / POINTER, lambda tmp: tmp.write_text(json.dumps(asdict(checkpoint))))
-    for old in directory.glob("index-*.faiss*"):
+    for old in directory.glob("index-*.faiss"):
         if old.name != name:
             old.unlink(missing_ok=True)
     return checkpoint

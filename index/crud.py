@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from index.errors import CollectionNotFoundError
+from index.errors import CollectionNotFoundError, MissingVectorError
 from index.filters import SearchFilter, conditions
 from index.models import Collection, Failure, Image, Source, StagedVector, Tombstone, utcnow
 
@@ -41,10 +42,14 @@ def count_images(session: Session, *, collection_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Image).where(Image.collection_id == collection_id)) or 0
 
 
-def max_ids(session: Session, *, collection_id: int) -> tuple[int, int]:
-    image = session.scalar(select(func.max(Image.id)).where(Image.collection_id == collection_id)) or 0
-    tomb = session.scalar(select(func.max(Tombstone.id)).where(Tombstone.collection_id == collection_id)) or 0
-    return image, tomb
+def sync_state(session: Session, *, collection_id: int) -> tuple[int, int, int]:
+    """(newest image id, newest tombstone id, index generation): what a live index must reflect."""
+    image = select(func.max(Image.id)).where(Image.collection_id == collection_id).scalar_subquery()
+    tomb = select(func.max(Tombstone.id)).where(Tombstone.collection_id == collection_id).scalar_subquery()
+    row = session.execute(select(image, tomb, Collection.generation).where(Collection.id == collection_id)).one_or_none()
+    if row is None:
+        raise CollectionNotFoundError(str(collection_id))
+    return row[0] or 0, row[1] or 0, row[2]
 
 
 def sources_by_uri(session: Session, *, collection_id: int, uris: Sequence[str]) -> dict[str, Source]:
@@ -69,6 +74,10 @@ def add_batch(session: Session, *, collection_id: int, items: Sequence[NewImage]
     for item in items:
         if item.sha256 not in known:
             fresh.setdefault(item.sha256, item)
+    unembedded = [sha for sha, item in fresh.items() if item.vector is None]
+    if unembedded:
+        # Content thought stored when the batch was embedded, deleted since: the caller embeds it and retries.
+        raise MissingVectorError(unembedded)
     if fresh:
         rows = [_image_row(collection_id, item) for item in fresh.values()]
         inserted = session.execute(
@@ -107,10 +116,13 @@ def _point_sources(session: Session, *, collection_id: int, items: Sequence[NewI
     uris = [item.uri for item in items]
     existing = sources_by_uri(session, collection_id=collection_id, uris=uris)
     new_rows = {}
+    left: set[int] = set()
     for item, image_id in zip(items, image_ids):
         values = {"image_id": image_id, "root": item.root, "size": item.size, "mtime": item.mtime}
         if item.uri in existing:
             source = existing[item.uri]
+            if source.image_id != image_id:
+                left.add(source.image_id)
             for key, value in values.items():
                 setattr(source, key, value)
         else:
@@ -118,6 +130,11 @@ def _point_sources(session: Session, *, collection_id: int, items: Sequence[NewI
     if new_rows:
         session.execute(insert(Source), list(new_rows.values()))
     session.execute(delete(Failure).where(Failure.collection_id == collection_id, Failure.uri.in_(uris)))
+    if left:
+        session.flush()
+        # An image whose every source now holds other content (a file changed in place) is gone.
+        still_used = set(session.scalars(select(Source.image_id).where(Source.image_id.in_(left))))
+        delete_images(session, image_ids=sorted(left - still_used))
 
 
 def record_failure(session: Session, *, collection_id: int, uri: str, reason: str) -> None:
@@ -140,19 +157,31 @@ def delete_images(session: Session, *, image_ids: Sequence[int]) -> dict[int, li
     return by_collection
 
 
-def update_metadata(session: Session, *, image_id: int, meta: dict[str, Any]) -> None:
-    session.execute(update(Image).where(Image.id == image_id).values(meta=meta))
+def merge_metadata(session: Session, *, image_id: int, patch: dict[str, Any]) -> None:
+    """Set the patch's keys and drop those it sets to null, in one statement (no lost updates)."""
+    if session.get_bind().dialect.name == "sqlite":
+        # json_patch is RFC 7396 merge-patch: exactly these semantics, applied inside the UPDATE.
+        session.execute(
+            update(Image)
+            .where(Image.id == image_id)
+            .values(meta=func.json_patch(Image.meta, func.json(json.dumps(patch))), updated_at=utcnow())
+        )
+        return
+    image = session.get(Image, image_id, with_for_update=True)
+    merged = {k: v for k, v in {**image.meta, **patch}.items() if v is not None}
+    session.execute(update(Image).where(Image.id == image_id).values(meta=merged, updated_at=utcnow()))
 
 
 def iter_vectors(
-    session: Session, *, collection_id: int, after_id: int = 0, batch: int = 10_000
+    session: Session, *, collection_id: int, after_id: int = 0, up_to: int | None = None, batch: int = 10_000
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) in id order, in batches, for rows with id > after_id."""
+    """(ids, vectors) in id order, in batches, for rows with after_id < id <= up_to."""
     last = after_id
+    bound = [Image.id <= up_to] if up_to is not None else []
     while True:
         rows = session.execute(
             select(Image.id, Image.vector)
-            .where(Image.collection_id == collection_id, Image.id > last)
+            .where(Image.collection_id == collection_id, Image.id > last, *bound)
             .order_by(Image.id)
             .limit(batch)
         ).all()
@@ -164,12 +193,11 @@ def iter_vectors(
         last = int(ids[-1])
 
 
-def tombstones_after(session: Session, *, collection_id: int, after_id: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(Tombstone.image_id).where(Tombstone.collection_id == collection_id, Tombstone.id > after_id)
-        )
+def tombstones_between(session: Session, *, collection_id: int, after_id: int, up_to: int) -> list[int]:
+    query = select(Tombstone.image_id).where(
+        Tombstone.collection_id == collection_id, Tombstone.id > after_id, Tombstone.id <= up_to
     )
+    return list(session.scalars(query))
 
 
 def filtered_ids(session: Session, *, collection_id: int, search_filter: SearchFilter) -> np.ndarray:

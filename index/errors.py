@@ -47,3 +47,11 @@ class IncompleteStagingError(StoreError):
         super().__init__(
             f"{missing} images of {collection!r} have no vector from the new model; nothing was changed."
         )
+
+
+class MissingVectorError(StoreError):
+    """New content reached the store without a vector (it was deleted after the batch was embedded)."""
+
+    def __init__(self, shas: list[str]) -> None:
+        self.shas = shas
+        super().__init__(f"{len(shas)} new images have no vector")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,9 +29,15 @@ class SearchFilter:
         return not (self.metadata or self.uri_prefix or self.created_after or self.created_before)
 
 
+_KEY = re.compile(r"^[\w.-]{1,100}$")
+
+
 def _equals(key: str, value: Scalar) -> ColumnElement[bool]:
+    if not _KEY.match(key):
+        raise InvalidFilterError(f"metadata filter keys are letters, digits, _ . and - (got {key!r})")
     field_ = Image.meta[key]
-    # bool before int: True is an int in Python, but a distinct JSON type.
+    # bool before int, since True is an int in Python. SQLite's JSON functions still read
+    # true as 1, so {"n": true} also matches n == 1 there.
     if isinstance(value, bool):
         return field_.as_boolean() == value
     if isinstance(value, (int, float)):

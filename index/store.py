@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from index import checkpoint as ckpt
@@ -98,28 +99,33 @@ class VectorStore:
         return self.index_dir / str(collection_id)
 
     def _load(self, collection: Collection) -> _Live:
+        """The collection's checkpoint if it is of this model and generation, caught up; else a rebuild."""
         loaded = ckpt.load(self._dir(collection.id))
-        if loaded is None or loaded[1].model != collection.model:
+        usable = loaded is not None and (loaded[1].model, loaded[1].generation) == (collection.model, collection.generation)
+        if usable:
+            live = _Live(*loaded)
+        else:
             if (self._dir(collection.id) / ckpt.POINTER).exists():
                 log.warning("Rebuilding the index of %r from the database", collection.name)
             live = self._rebuild(collection)
-        else:
-            live = _Live(*loaded)
-            self._catch_up(collection.id, live)
         with self._lock:
             self._live[collection.id] = live
-        return live
+        return self._synced(collection.id) if usable else live
 
-    def _rebuild(self, collection: Collection, requested: str | None = None) -> _Live:
+    def _rebuild(self, collection: Collection) -> _Live:
         with self.sessions() as session:
             n = crud.count_images(session, collection_id=collection.id)
-            image_max, tomb_max = crud.max_ids(session, collection_id=collection.id)
-            spec = choose_spec(requested or collection.index_type, n, collection.dim, self.memory_budget, collection.index_params)
+            image_max, tomb_max, _ = crud.sync_state(session, collection_id=collection.id)
+            spec = choose_spec(collection.index_type, n, collection.dim, self.memory_budget, collection.index_params)
             train = self._training_sample(session, collection.id, spec)
             index = VectorIndex.build(spec, collection.dim, train)
-            for ids, vectors in crud.iter_vectors(session, collection_id=collection.id):
+            # Bounded by the watermark read above: rows committed meanwhile are left to the next catch-up.
+            for ids, vectors in crud.iter_vectors(session, collection_id=collection.id, up_to=image_max):
                 index.add(ids, vectors)
-        live = _Live(index, ckpt.Checkpoint(id_watermark=image_max, tombstone_watermark=tomb_max, model=collection.model))
+        checkpoint = ckpt.Checkpoint(
+            id_watermark=image_max, tombstone_watermark=tomb_max, model=collection.model, generation=collection.generation
+        )
+        live = _Live(index, checkpoint)
         live.dirty = True
         log.info("Built a %s index of %d vectors for %r", spec.kind, index.count, collection.name)
         return live
@@ -134,24 +140,37 @@ class VectorStore:
         ).all()
         return np.stack([np.frombuffer(v, dtype=np.float32) for v in rows])
 
-    def _catch_up(self, collection_id: int, live: _Live) -> None:
-        """Apply rows and deletions committed after what the live index reflects."""
+    def _synced(self, collection_id: int) -> _Live:
+        """The live index with every row and deletion committed so far, by any process, applied.
+
+        A generation change (a rebuild or model switch elsewhere) reloads the index instead.
+        """
+        live = self._live_for(collection_id)
         with self.sessions() as session, live.lock:
-            image_max, tomb_max = crud.max_ids(session, collection_id=collection_id)
-            if image_max > live.checkpoint.id_watermark:
-                for ids, vectors in crud.iter_vectors(
-                    session, collection_id=collection_id, after_id=live.checkpoint.id_watermark
-                ):
-                    live.index.add(ids, vectors)
-                live.checkpoint.id_watermark = image_max
-                live.dirty = True
-            if tomb_max > live.checkpoint.tombstone_watermark:
-                gone = crud.tombstones_after(
-                    session, collection_id=collection_id, after_id=live.checkpoint.tombstone_watermark
-                )
-                live.index.remove(np.asarray(gone, dtype=np.int64))
-                live.checkpoint.tombstone_watermark = tomb_max
-                live.dirty = True
+            image_max, tomb_max, generation = crud.sync_state(session, collection_id=collection_id)
+            if generation != live.checkpoint.generation:
+                collection = session.get(Collection, collection_id)
+            else:
+                collection = None
+                self._replay(session, collection_id, live, image_max, tomb_max)
+        return self._load(collection) if collection is not None else live
+
+    def _replay(self, session: Session, collection_id: int, live: _Live, image_max: int, tomb_max: int) -> None:
+        mark = live.checkpoint
+        if image_max > mark.id_watermark:
+            for ids, vectors in crud.iter_vectors(
+                session, collection_id=collection_id, after_id=mark.id_watermark, up_to=image_max
+            ):
+                live.index.add(ids, vectors)
+            mark.id_watermark = image_max
+            live.dirty = True
+        if tomb_max > mark.tombstone_watermark:
+            gone = crud.tombstones_between(
+                session, collection_id=collection_id, after_id=mark.tombstone_watermark, up_to=tomb_max
+            )
+            live.index.remove(np.asarray(gone, dtype=np.int64))
+            mark.tombstone_watermark = tomb_max
+            live.dirty = True
 
     def checkpoint(self, collection_name: str | None = None) -> None:
         """Write the index files of changed collections (all, or one)."""
@@ -218,8 +237,8 @@ class VectorStore:
         except CollectionNotFoundError:
             try:
                 return self.create_collection(name, model=model, dim=dim)
-            except CollectionExistsError:
-                info = self.collection(name)  # created concurrently
+            except (CollectionExistsError, IntegrityError):
+                info = self.collection(name)  # created concurrently, by this process or another
         self.check_model(info, model)
         return info
 
@@ -244,6 +263,7 @@ class VectorStore:
             if index_type:
                 choose_spec(index_type, 0, collection.dim, self.memory_budget)
                 collection.index_type = index_type
+            collection.generation += 1
         live = self._rebuild(collection)
         with self._lock:
             self._live[collection.id] = live
@@ -312,19 +332,22 @@ class VectorStore:
         Returns (image id, created) per item. Then the live index takes the new vectors.
         """
         live = self._live_for(collection_id)
+        wrong = [item.uri for item in items if item.vector is not None and len(item.vector) != live.index.dim]
+        if wrong:
+            raise ValueError(f"vectors of the wrong dimension for this collection ({live.index.dim}): {wrong[:3]}")
         with live.lock:
             with self.sessions() as session, session.begin():
                 results = crud.add_batch(session, collection_id=collection_id, items=items) if items else []
                 for uri, reason in failures:
                     crud.record_failure(session, collection_id=collection_id, uri=uri, reason=reason)
-            self._catch_up(collection_id, live)
+            self._synced(collection_id)
         return results
 
     def delete_images(self, image_ids: Sequence[int]) -> int:
         with self.sessions() as session, session.begin():
             by_collection = crud.delete_images(session, image_ids=image_ids)
         for collection_id in by_collection:
-            self._catch_up(collection_id, self._live_for(collection_id))
+            self._synced(collection_id)
         return sum(len(ids) for ids in by_collection.values())
 
     def image(self, image_id: int) -> Image:
@@ -347,11 +370,12 @@ class VectorStore:
         with self.sessions() as session:
             return session.scalar(select(Source.root).where(Source.image_id == image_id, Source.uri == uri))
 
-    def set_metadata(self, image_id: int, meta: dict[str, Any]) -> Image:
+    def patch_metadata(self, image_id: int, patch: dict[str, Any]) -> Image:
+        """Set the given keys; a None value removes its key."""
         with self.sessions() as session, session.begin():
             if session.get(Image, image_id) is None:
                 raise ImageNotFoundError(image_id)
-            crud.update_metadata(session, image_id=image_id, meta=meta)
+            crud.merge_metadata(session, image_id=image_id, patch=patch)
         return self.image(image_id)
 
     def vector(self, image_id: int) -> tuple[int, np.ndarray]:
@@ -374,8 +398,7 @@ class VectorStore:
         min_score: float | None = None,
         **knobs: int,
     ) -> list[Hit]:
-        live = self._live_for(collection_id)
-        self._catch_up(collection_id, live)
+        live = self._synced(collection_id)
         query = np.asarray(query, dtype=np.float32)
         allowed = None
         if search_filter is not None and not search_filter.empty:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -43,6 +44,15 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"y" * 5000)
             self.close_connection = True
+        elif path == "/drip":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            for _ in range(400):
+                if Handler.release.wait(0.05):
+                    break
+                self.wfile.write(b"d")
+                self.wfile.flush()
         elif path == "/stall":
             self.send_response(200)
             self.send_header("Content-Length", "100")
@@ -162,6 +172,21 @@ def test_http_errors_and_timeouts(server: str) -> None:
         UrlFetcher(OPEN).fetch(f"{server}/missing.jpg")
     with pytest.raises(ImageLoadError, match="could not be read|took too long"):
         UrlFetcher(UrlPolicy(**{**OPEN.__dict__, "read_timeout": 0.3})).fetch(f"{server}/stall")
+
+
+def test_a_dripping_server_cannot_hold_a_fetch_past_its_deadline(server: str) -> None:
+    """One byte every 50 ms keeps each read under the read timeout; the total deadline still holds."""
+    policy = UrlPolicy(**{**OPEN.__dict__, "connect_timeout": 0.2, "read_timeout": 0.6})
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError, match="took too long"):
+        UrlFetcher(policy).fetch(f"{server}/drip")
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize("url", ["https://[::1", "https://h:99999/a.jpg", "https://a..b/a.jpg", f"https://{'x' * 70}.example/a.jpg"])
+def test_malformed_urls_are_refused_cleanly(url: str) -> None:
+    with pytest.raises(ImageLoadError):
+        check_url(url, UrlPolicy(), resolver_for({}))
 
 
 def test_embed_image_from_url_matches_base64(client: TestClient, server: str) -> None:

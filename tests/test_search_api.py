@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def upload(client: TestClient, data: bytes, collection: str, metadata: dict | No
 
 @pytest.fixture()
 def photos(client: TestClient, request: pytest.FixtureRequest) -> tuple[str, list[bytes], list[int]]:
-    collection = request.node.name.replace("[", "-").replace("]", "")[:60]
+    collection = re.sub(r"[^\w.-]", "-", request.node.name)[:60]
     images = [encode(photo(240, 180, seed=500 + i), "JPEG") for i in range(6)]
     ids = [upload(client, data, collection, {"label": "cat" if i % 2 else "dog", "n": i})["id"] for i, data in enumerate(images)]
     yield collection, images, ids

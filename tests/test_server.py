@@ -95,14 +95,14 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-def _launch(workdir: Path, model: str | None) -> Server:
+def _launch(workdir: Path, model: str | None, extra_env: dict[str, str] | None = None) -> Server:
     port = _free_port()
     log_path = workdir / f"server-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO_ROOT,  # `-m app.cli` resolves to this checkout
-            env=_server_env(workdir / "data", model),
+            env={**_server_env(workdir / "data", model), **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             # A file, not a pipe, so a chatty server never blocks; stdout too, for uvicorn's access log.
             stdout=log,

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
     AuthError,
@@ -23,6 +24,7 @@ from app.errors import (
     PESearchError,
     TooManyItemsError,
     UnknownModelError,
+    UnsupportedMediaError,
 )
 from app.ingest.sources import SourceError
 from index.errors import (
@@ -41,6 +43,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (TooManyItemsError, 413),
     (PayloadTooLargeError, 413),
     (AuthError, 401),
+    (UnsupportedMediaError, 415),
     (PermissionDeniedError, 403),
     (ImageLoadError, 400),
     (UnknownModelError, 400),
@@ -89,8 +92,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
 
 
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Framework errors (unknown route, unparseable body...) in the same `message` shape as ours."""
+    return JSONResponse(status_code=exc.status_code, content={"message": str(exc.detail)}, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     for base in (PESearchError, StoreError, SourceError):
         app.add_exception_handler(base, _domain_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -16,7 +16,8 @@ class ImageObject(BaseModel):
     model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {"type": "base64", "value": _B64_EXAMPLE}})
 
     type: str = Field(description="base64 or url (numpy is refused: unpickling is code execution)")
-    value: Any = Field(default=None, description="base64 text (a data: prefix is allowed) or an http(s) URL")
+    # Required: per the spec a dict is one image only when it has both `type` and `value`.
+    value: Any = Field(description="base64 text (a data: prefix is allowed) or an http(s) URL")
 
 
 ImageOrText = ImageObject | str

@@ -29,6 +29,10 @@ def finite_json(value: Any) -> Any:
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(finite_json)]
+COLLECTION_NAME_PATTERN = r"^[\w.-]{1,200}$"
+CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME_PATTERN, description="Letters, digits, _ . -")]
+# SQLite and PostgreSQL integer keys are signed 64-bit.
+ImageId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class SearchFilterBody(BaseModel):
@@ -56,9 +60,9 @@ class SearchRequest(BaseModel):
 
     text: str | None = None
     image: ImageObject | None = None
-    image_id: int | None = None
+    image_id: ImageId | None = None
     top_k: int = Field(default=10, ge=1)
-    collection: str = "default"
+    collection: CollectionName = "default"
     filter: SearchFilterBody | None = None
     min_score: float | None = Field(default=None, ge=-1, le=1)
     perception_encoder_version_id: str | None = Field(default=None, description="Refused with 409 unless the collection's model")
@@ -103,7 +107,15 @@ class AddImageRequest(BaseModel):
 
     image: ImageObject
     metadata: Metadata = Field(default_factory=dict)
-    collection: str = "default"
+    collection: CollectionName = "default"
+    perception_encoder_version_id: str | None = None
+
+
+class UploadFields(BaseModel):
+    """The form fields beside a multipart `file`."""
+
+    metadata: Metadata = Field(default_factory=dict)
+    collection: CollectionName = "default"
     perception_encoder_version_id: str | None = None
 
 
@@ -131,7 +143,7 @@ class CollectionOut(BaseModel):
 
 
 class CreateCollectionRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[\w.-]+$")
+    name: CollectionName
     perception_encoder_version_id: str | None = Field(default=None, description="Default: the server's model")
     index_type: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"
 
@@ -141,7 +153,7 @@ class IngestRequest(BaseModel):
 
     source: str = Field(description="A server-side folder or manifest under PE_SEARCH_INGEST_ROOTS")
     kind: Literal["folder", "manifest", "urls"] = "folder"
-    collection: str = "default"
+    collection: CollectionName = "default"
     column: str | None = Field(default=None, description="Manifest column holding the path or URL")
     perception_encoder_version_id: str | None = None
 

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from app.encoder import PEEncoder
@@ -26,6 +27,7 @@ from app.fetch import UrlFetcher
 from app.imaging import decode_image, image_format
 from app.ingest.sources import Rejected, SourceItem
 from index.crud import NewImage
+from index.errors import MissingVectorError
 from index.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -195,32 +197,45 @@ class Ingestor:
     def _write(self, collection_id: int, batch: list[_Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
         if not batch and not rejected:
             return
-        new = self._embed_new(collection_id, batch)
-        rows = [
-            NewImage(
-                sha256=p.sha256, uri=p.item.uri, width=p.width, height=p.height, format=p.format,
-                byte_size=p.byte_size, vector=new.get(p.sha256), meta=p.item.metadata,
-                root=str(p.item.root) if p.item.root else None, size=p.item.size, mtime=p.item.mtime,
-            )
-            for p in batch
-        ]
+        vectors = self._embed(self._unstored(collection_id, batch))
         failures = [(r.uri, r.reason) for r in rejected]
-        for (_, created) in self.store.add_images(collection_id, rows, failures):
+        try:
+            results = self.store.add_images(collection_id, self._rows(batch, vectors), failures)
+        except MissingVectorError as exc:
+            # Content deleted between the embedding and the commit: embed it too, and commit again.
+            vectors.update(self._embed({p.sha256: p.pixels for p in batch if p.sha256 in set(exc.shas)}))
+            results = self.store.add_images(collection_id, self._rows(batch, vectors), failures)
+        for _, created in results:
             if created:
                 summary.added += 1
             else:
                 summary.duplicates += 1
         summary.failed.extend(failures)
 
-    def _embed_new(self, collection_id: int, batch: list[_Prepared]):  # noqa: ANN202 - sha -> vector
-        """Embed each content once: not what is stored already, not a repeat within the batch."""
+    @staticmethod
+    def _rows(batch: list[_Prepared], vectors: dict[str, np.ndarray]) -> list[NewImage]:
+        return [
+            NewImage(
+                sha256=p.sha256, uri=p.item.uri, width=p.width, height=p.height, format=p.format,
+                byte_size=p.byte_size, vector=vectors.get(p.sha256), meta=p.item.metadata,
+                root=str(p.item.root) if p.item.root else None, size=p.item.size, mtime=p.item.mtime,
+            )
+            for p in batch
+        ]
+
+    def _unstored(self, collection_id: int, batch: list[_Prepared]) -> dict[str, torch.Tensor]:
+        """Pixels of each content not stored yet, once each even when repeated in the batch."""
         stored = self.store.existing_shas(collection_id, [p.sha256 for p in batch])
         todo: dict[str, torch.Tensor] = {}
         for prepared in batch:
             if prepared.sha256 not in stored:
                 todo.setdefault(prepared.sha256, prepared.pixels)
-        vectors = self.encoder.embed_pixels(list(todo.values())) if todo else []
-        return dict(zip(todo, vectors))
+        return todo
+
+    def _embed(self, pixels: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        if not pixels:
+            return {}
+        return dict(zip(pixels, self.encoder.embed_pixels(list(pixels.values()))))
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from app.api.deps import ImagesDep, ReadAccess, StoreDep, WriteAccess
 from app.api.schemas import ErrorResponse
-from app.api.store_schemas import AddImageRequest, AddImageResponse, ImageRecord, PatchImageRequest, finite_json
-from app.errors import InvalidInputError
+from app.api.store_schemas import (
+    AddImageRequest,
+    AddImageResponse,
+    ImageId,
+    ImageRecord,
+    PatchImageRequest,
+    UploadFields,
+    finite_json,
+)
+from app.errors import InvalidInputError, UnsupportedMediaError
 from app.inference import run_blocking
 
 router = APIRouter(
@@ -64,23 +73,34 @@ async def _collection_name(store: StoreDep, collection_id: int) -> str:
 async def add_image(request: Request, images: ImagesDep) -> AddImageResponse:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile) and not hasattr(upload, "read"):
-            raise InvalidInputError("The multipart body needs a `file` part.")
-        data = await upload.read()
-        metadata = _parse_metadata(form.get("metadata"))
-        collection = str(form.get("collection") or "default")
-        model = form.get("perception_encoder_version_id")
-    else:
-        try:
-            body = AddImageRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False)) from None
+        body, data = await _from_form(request)
+    elif content_type.startswith("application/json"):
+        body = _validated(AddImageRequest, await request.body())
         data = await run_blocking(images.embedder.loader.load_bytes, body.image.type, body.image.value)
-        metadata, collection, model = body.metadata, body.collection, body.perception_encoder_version_id
-    added = await images.add_upload(data, collection=collection, metadata=metadata, model=str(model) if model else None)
+    else:
+        raise UnsupportedMediaError("Send the image as multipart/form-data (a `file` part) or as application/json.")
+    added = await images.add_upload(
+        data, collection=body.collection, metadata=body.metadata, model=body.perception_encoder_version_id
+    )
     return AddImageResponse(id=added.id, created=added.created, collection=added.collection)
+
+
+def _validated(model: type[BaseModel], raw: bytes | dict[str, Any]) -> Any:
+    """Validation errors as FastAPI's own 422, without echoing the input (it may be binary)."""
+    try:
+        return model.model_validate_json(raw) if isinstance(raw, bytes) else model.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_input=False)) from None
+
+
+async def _from_form(request: Request) -> tuple[UploadFields, bytes]:
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidInputError("The multipart body needs a `file` part.")
+    fields = {k: form.get(k) for k in ("collection", "perception_encoder_version_id") if form.get(k)}
+    fields["metadata"] = _parse_metadata(form.get("metadata"))
+    return _validated(UploadFields, fields), await upload.read()
 
 
 def _parse_metadata(raw: Any) -> dict[str, Any]:
@@ -96,13 +116,13 @@ def _parse_metadata(raw: Any) -> dict[str, Any]:
 
 
 @router.get("/{image_id}", dependencies=[ReadAccess], response_model=ImageRecord, summary="An image's record")
-async def get_image(image_id: int, store: StoreDep) -> ImageRecord:
+async def get_image(image_id: ImageId, store: StoreDep) -> ImageRecord:
     image = await run_blocking(store.image, image_id)
     return _record(image, await _collection_name(store, image.collection_id))
 
 
 @router.get("/{image_id}/file", dependencies=[ReadAccess], summary="The image file (uploads and files still under their root; URLs redirect)")
-async def get_image_file(image_id: int, store: StoreDep, images: ImagesDep) -> Response:
+async def get_image_file(image_id: ImageId, store: StoreDep, images: ImagesDep) -> Response:
     image = await run_blocking(store.image, image_id)
     location = await run_blocking(images.file_location, image)
     if isinstance(location, str):
@@ -112,16 +132,13 @@ async def get_image_file(image_id: int, store: StoreDep, images: ImagesDep) -> R
 
 
 @router.patch("/{image_id}", dependencies=[WriteAccess], response_model=ImageRecord, summary="Set or remove metadata keys (null removes)")
-async def patch_image(image_id: int, body: PatchImageRequest, store: StoreDep) -> ImageRecord:
-    image = await run_blocking(store.image, image_id)
-    merged = {**image.meta, **body.metadata}
-    merged = {k: v for k, v in merged.items() if v is not None}
-    updated = await run_blocking(store.set_metadata, image_id, merged)
+async def patch_image(image_id: ImageId, body: PatchImageRequest, store: StoreDep) -> ImageRecord:
+    updated = await run_blocking(store.patch_metadata, image_id, body.metadata)
     return _record(updated, await _collection_name(store, updated.collection_id))
 
 
 @router.delete("/{image_id}", dependencies=[WriteAccess], status_code=204, summary="Delete an image from its collection and index")
-async def delete_image(image_id: int, store: StoreDep) -> Response:
+async def delete_image(image_id: ImageId, store: StoreDep) -> Response:
     await run_blocking(store.image, image_id)  # 404 when absent
     await run_blocking(store.delete_images, [image_id])
     return Response(status_code=204)
