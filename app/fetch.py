@@ -21,6 +21,10 @@ Resolver = Callable[[str, int], list[str]]
 _CHUNK = 64 * 1024
 
 
+def is_http_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
 def system_resolver(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({info[4][0] for info in infos})

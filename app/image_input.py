@@ -67,5 +67,8 @@ class ImageLoader:
         raise ImageLoadError(f"unsupported image type {kind!r}; use 'base64' or 'url'")
 
     def load_bare(self, value: str) -> Image.Image:
-        """A bare string meant as an image (compare): a URL if it starts with http, else base64."""
+        """A bare string meant as an image (compare): a URL if it starts with http, else base64.
+
+        The spec's rule, looser than is_http_url on purpose: Roboflow's server decides this way.
+        """
         return self.load("url" if value.startswith("http") else "base64", value)

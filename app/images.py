@@ -11,6 +11,7 @@ from typing import Any
 
 from app.embedder import Embedder
 from app.errors import NotFoundError
+from app.fetch import is_http_url
 from app.imaging import decode_image, image_format
 from app.inference import run_blocking
 from index.crud import NewImage
@@ -18,6 +19,10 @@ from index.models import Image
 from index.store import VectorStore
 
 UPLOAD_SCHEME = "upload://"
+
+
+def file_url(image_id: int) -> str:
+    return f"/images/{image_id}/file"
 
 
 class UploadFiles:
@@ -90,7 +95,7 @@ def locate_image_file(image: Image, store: VectorStore, uploads: UploadFiles) ->
         if path.is_file():
             return path
         raise NotFoundError(f"The stored upload of image {image.id} is missing.")
-    if image.uri.startswith(("http://", "https://")):
+    if is_http_url(image.uri):
         return image.uri
     root = store.source_root(image.id, image.uri)
     try:

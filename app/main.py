@@ -21,6 +21,7 @@ from app.fetch import UrlFetcher
 from app.image_input import ImageLoader
 from app.images import ImageService, UploadFiles
 from app.ingest.jobs import JobManager
+from app.ingest.service import IngestService
 from app.inference import InferenceRunner, run_blocking
 from app.registry import ModelRegistry
 from app.search import SearchService
@@ -63,6 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.search = SearchService(store=store, embedder=embedder)
     app.state.images = ImageService(store=store, embedder=embedder, uploads=UploadFiles(settings.uploads_dir))
     app.state.jobs = jobs
+    app.state.ingest = IngestService(store=store, registry=registry, fetcher=loader.fetcher, settings=settings, jobs=jobs)
     # Loads in the background so /health answers at once and /ready turns 200 when done.
     loading = asyncio.create_task(run_blocking(registry.load_default))
     try:

@@ -11,6 +11,7 @@ import numpy as np
 from app.api.schemas import ImageObject
 from app.embedder import Embedder
 from app.errors import InvalidInputError
+from app.images import file_url
 from app.inference import run_blocking
 from app.variants import get_variant
 from index.errors import ModelMismatchError
@@ -98,7 +99,7 @@ def _result(image_id: int, score: float, image: Any) -> SearchResult:
         height=image.height,
         format=image.format,
         metadata=image.meta,
-        file_url=f"/images/{image_id}/file",
+        file_url=file_url(image_id),
     )
 
 

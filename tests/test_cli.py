@@ -61,3 +61,45 @@ def test_embed_image_reports_a_bad_file(capsys, tmp_path: Path) -> None:
 def test_unknown_model_is_a_one_line_error(capsys) -> None:
     code, _, err = run(capsys, "embed-text", "--model", "PE-Core-X99", "a cat")
     assert code == 2 and "unknown model" in err and "Traceback" not in err
+
+
+def test_index_commands_end_to_end(capsys, tmp_path: Path, monkeypatch) -> None:
+    from tests.test_ingest import make_folder
+
+    monkeypatch.setenv("PE_SEARCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PE_SEARCH_WEIGHTS", "random")
+    monkeypatch.setenv("PE_SEARCH_MODEL", "PE-Core-T16-384")
+    paths = make_folder(tmp_path / "photos", count=4)
+    code, out, _ = run(capsys, "db", "upgrade")
+    assert code == 0 and "revision 0002" in out
+
+    code, out, _ = run(capsys, "ingest", str(tmp_path / "photos"), "--collection", "pics", "--json", "--quiet")
+    summary = json.loads(out)
+    assert code == 0 and (summary["added"], summary["failed"]) == (4, 2)
+    code, out, _ = run(capsys, "ingest", str(tmp_path / "photos"), "--collection", "pics", "--quiet")
+    assert code == 0 and out.startswith("0 added, 4 unchanged") and "failed: " in out
+
+    code, out, _ = run(capsys, "collections", "--json")
+    [info] = json.loads(out)
+    assert (info["name"], info["count"], info["model"]) == ("pics", 4, "PE-Core-T16-384")
+
+    code, out, _ = run(capsys, "search", "--image", str(paths[2]), "-k", "2", "--collection", "pics", "--json")
+    hits = json.loads(out)
+    assert code == 0 and hits[0]["uri"] == str(paths[2].resolve()) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    code, out, _ = run(capsys, "search", "--id", str(hits[0]["id"]), "--collection", "pics", "--json")
+    assert json.loads(out)[0]["id"] == hits[0]["id"]
+    code, out, _ = run(capsys, "search", "a", "photo", "-k", "3", "--collection", "pics")
+    assert code == 0 and len(out.strip().splitlines()) == 3
+
+    code, out, _ = run(capsys, "reindex", "--collection", "pics", "--index-type", "hnsw")
+    assert code == 0 and "hnsw" in out
+    code, out, _ = run(capsys, "delete", str(hits[0]["id"]), "999999")
+    assert code == 1 and "1 deleted, 1 not found" in out
+    code, out, _ = run(capsys, "stats")
+    stats = json.loads(out)
+    assert stats["collections"][0]["count"] == 3 and stats["failures"] == {"pics": 2}
+
+    code, _, err = run(capsys, "search", "x", "--collection", "nope")
+    assert code == 2 and "No collection named 'nope'" in err
+    code, _, err = run(capsys, "ingest", str(tmp_path / "missing"))
+    assert code == 2 and "not a folder" in err

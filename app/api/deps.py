@@ -11,6 +11,7 @@ from app.api.auth import require
 from app.embedder import Embedder
 from app.images import ImageService
 from app.ingest.jobs import JobManager
+from app.ingest.service import IngestService
 from app.registry import ModelRegistry
 from app.search import SearchService
 from app.settings import Settings
@@ -45,11 +46,16 @@ def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
+def get_ingest(request: Request) -> IngestService:
+    return request.app.state.ingest
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[VectorStore, Depends(get_store)]
 SearchDep = Annotated[SearchService, Depends(get_search)]
 ImagesDep = Annotated[ImageService, Depends(get_images)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+IngestDep = Annotated[IngestService, Depends(get_ingest)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 

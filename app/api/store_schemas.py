@@ -11,8 +11,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.schemas import ImageObject
+from index.filters import Scalar
 
-Scalar = str | int | float | bool
 
 
 def finite_json(value: Any) -> Any:

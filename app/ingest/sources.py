@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.fetch import is_http_url
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LOCATION_COLUMNS = ("path", "url", "uri", "file", "image", "filename")
 
@@ -36,10 +38,6 @@ class Rejected:
 
     uri: str
     reason: str
-
-
-def is_url(value: str) -> bool:
-    return value.startswith(("http://", "https://"))
 
 
 def file_item(path: Path, root: Path, metadata: dict[str, Any] | None = None) -> SourceItem | Rejected:
@@ -81,7 +79,7 @@ def url_list_items(path: Path) -> Iterator[SourceItem | Rejected]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        yield SourceItem(uri=line, url=line) if is_url(line) else Rejected(line, "not an http(s) URL")
+        yield SourceItem(uri=line, url=line) if is_http_url(line) else Rejected(line, "not an http(s) URL")
 
 
 def manifest_items(
@@ -104,7 +102,7 @@ def manifest_items(
         location = str(row.pop(key) or "").strip()
         if not location:
             yield Rejected(f"{path}:{number}", f"row {number} has an empty {key}")
-        elif is_url(location):
+        elif is_http_url(location):
             yield SourceItem(uri=location, url=location, metadata=row)
         else:
             target = (Path(location) if Path(location).is_absolute() else root / location).resolve()

@@ -23,6 +23,7 @@ from app.api.store_schemas import (
     finite_json,
 )
 from app.errors import InvalidInputError, UnsupportedMediaError
+from app.images import file_url
 from app.inference import run_blocking
 
 router = APIRouter(
@@ -36,13 +37,8 @@ def _record(image: Any, collection: str) -> ImageRecord:
     return ImageRecord(
         id=image.id, collection=collection, sha256=image.sha256, uri=image.uri, width=image.width,
         height=image.height, format=image.format, byte_size=image.byte_size, metadata=image.meta,
-        file_url=f"/images/{image.id}/file", created_at=image.created_at, updated_at=image.updated_at,
+        file_url=file_url(image.id), created_at=image.created_at, updated_at=image.updated_at,
     )
-
-
-async def _collection_name(store: StoreDep, collection_id: int) -> str:
-    collections = await run_blocking(store.collections)
-    return next((c.name for c in collections if c.id == collection_id), "")
 
 
 @router.post(
@@ -118,7 +114,7 @@ def _parse_metadata(raw: Any) -> dict[str, Any]:
 @router.get("/{image_id}", dependencies=[ReadAccess], response_model=ImageRecord, summary="An image's record")
 async def get_image(image_id: ImageId, store: StoreDep) -> ImageRecord:
     image = await run_blocking(store.image, image_id)
-    return _record(image, await _collection_name(store, image.collection_id))
+    return _record(image, await run_blocking(store.collection_name, image.collection_id))
 
 
 @router.get("/{image_id}/file", dependencies=[ReadAccess], summary="The image file (uploads and files still under their root; URLs redirect)")
@@ -134,7 +130,7 @@ async def get_image_file(image_id: ImageId, store: StoreDep, images: ImagesDep) 
 @router.patch("/{image_id}", dependencies=[WriteAccess], response_model=ImageRecord, summary="Set or remove metadata keys (null removes)")
 async def patch_image(image_id: ImageId, body: PatchImageRequest, store: StoreDep) -> ImageRecord:
     updated = await run_blocking(store.patch_metadata, image_id, body.metadata)
-    return _record(updated, await _collection_name(store, updated.collection_id))
+    return _record(updated, await run_blocking(store.collection_name, updated.collection_id))
 
 
 @router.delete("/{image_id}", dependencies=[WriteAccess], status_code=204, summary="Delete an image from its collection and index")
