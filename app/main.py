@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
@@ -27,6 +29,7 @@ from app.registry import ModelRegistry
 from app.search import SearchService
 from app.settings import Settings
 from index.db import create_db_engine
+from index.errors import DataDirError
 from index.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store.close()
 
 
+def check_data_dir(path: Path) -> None:
+    """Fail at start-up, with the reason, rather than at the first write."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise DataDirError(f"The data dir {path} is not a writable folder ({exc.strerror or exc}); set PE_SEARCH_DATA_DIR.") from exc
+
+
 def open_store(settings: Settings) -> VectorStore:
+    check_data_dir(settings.data_dir)
     engine = create_db_engine(settings.db_url)
     return VectorStore(engine=engine, index_dir=settings.index_dir, memory_budget=settings.index_memory_budget).open()
 

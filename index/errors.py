@@ -7,6 +7,10 @@ class StoreError(Exception):
     """Base of every error the store reports to a caller."""
 
 
+class DataDirError(StoreError):
+    """The data dir cannot hold the database, indexes and uploads."""
+
+
 class CollectionNotFoundError(StoreError):
     def __init__(self, name: str) -> None:
         self.name = name

@@ -12,7 +12,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,17 +173,32 @@ class VectorStore:
             mark.tombstone_watermark = tomb_max
             live.dirty = True
 
-    def checkpoint(self, collection_name: str | None = None) -> None:
-        """Write the index files of changed collections (all, or one)."""
+    def checkpoint(self, collection_name: str | None = None) -> bool:
+        """Write the index files of changed collections (all, or one); False if any write failed.
+
+        A failed write (a full disk, an unwritable data dir) leaves the previous checkpoint
+        whole and the index dirty: nothing is lost, since the database has every row and a
+        later checkpoint or start-up replays them.
+        """
         with self._lock:
             items = list(self._live.items())
+        ok = True
         for collection_id, live in items:
             if collection_name is not None and self.collection_name(collection_id) != collection_name:
                 continue
             with live.lock:
-                if live.dirty:
-                    live.checkpoint = ckpt.save(self._dir(collection_id), live.index, live.checkpoint)
+                if not live.dirty:
+                    continue
+                try:
+                    live.checkpoint = ckpt.save(self._dir(collection_id), live.index, replace(live.checkpoint))
                     live.dirty = False
+                except OSError as exc:
+                    ok = False
+                    log.error(
+                        "Could not checkpoint the index of collection %d in %s (%s); the previous checkpoint "
+                        "is intact and the database holds every vector.", collection_id, self._dir(collection_id), exc,
+                    )
+        return ok
 
     def collection_name(self, collection_id: int) -> str | None:
         with self.sessions() as session:

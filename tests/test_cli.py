@@ -103,3 +103,11 @@ def test_index_commands_end_to_end(capsys, tmp_path: Path, monkeypatch) -> None:
     assert code == 2 and "No collection named 'nope'" in err
     code, _, err = run(capsys, "ingest", str(tmp_path / "missing"))
     assert code == 2 and "not a folder" in err
+
+
+def test_an_unusable_data_dir_is_a_clear_error(capsys, tmp_path: Path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data dir should be")
+    monkeypatch.setenv("PE_SEARCH_DATA_DIR", str(blocker / "data"))
+    code, _, err = run(capsys, "collections")
+    assert code == 2 and "is not a writable folder" in err and "PE_SEARCH_DATA_DIR" in err

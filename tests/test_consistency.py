@@ -147,3 +147,33 @@ def test_odd_requests_get_4xx(client: TestClient, method: str, route: str, kwarg
     client.post("/collections", json={"name": "default"})
     response = getattr(client, method)(route, **kwargs)
     assert response.status_code == status, response.text
+
+
+def test_a_failed_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch, caplog) -> None:
+    import errno
+
+    import faiss
+
+    store = open_store(tmp_path)
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    vectors = clustered(60, seed=16)
+    ids = add(store, collection.id, vectors[:30])
+    assert store.checkpoint()
+    directory = tmp_path / "indexes" / str(collection.id)
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    ids += add(store, collection.id, vectors[30:], start=30)
+
+    def disk_full(index, path):  # noqa: ANN001
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", disk_full)
+    assert store.checkpoint() is False
+    assert "previous checkpoint is intact" in caplog.text
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before  # no temp file left either
+    assert store.search(collection.id, vectors[45], 1)[0].id == ids[45]
+    monkeypatch.undo()
+    store.engine.dispose()
+    reopened = open_store(tmp_path)
+    assert reopened.collection("c").indexed == 60

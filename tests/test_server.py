@@ -400,3 +400,53 @@ def test_roboflow_documented_sample_prints_1024_for_default_model(
     assert len(result["embeddings"]) == 1
     assert all(math.isfinite(v) for v in embedding)
     assert set(result) == EMBED_KEYS
+
+
+def _established_to(port: int) -> int:
+    """TCP connections in ESTABLISHED state to a local port, from /proc/net/tcp{,6}."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def test_sigterm_finishes_in_flight_requests_and_checkpoints(tmp_path: Path) -> None:
+    import json
+    import signal
+    import threading
+
+    server = _launch(tmp_path, "PE-Core-T16-384")
+    try:
+        problem = _wait_ready(server, 240)
+        assert problem is None, f"{problem}\n{server.log_tail()}"
+        for seed in range(3):
+            data = encode(photo(100, 80, seed=900 + seed), "PNG")
+            assert requests.post(f"{server.url}/images", json={"image": image_object(data)}, timeout=60).status_code == 200
+        images = [image_object(encode(photo(200, 150, seed=s), "JPEG")) for s in range(16)]
+        result: dict = {}
+        in_flight = threading.Thread(
+            target=lambda: result.update(response=server.post("embed_image", {"image": images}, timeout=120))
+        )
+        in_flight.start()
+        # 16 images take seconds on this CPU: the signal lands while the request is being served.
+        deadline = time.monotonic() + 10
+        while not _established_to(server.port) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # the 200 kB body is in; the model works for seconds more
+        server.process.send_signal(signal.SIGTERM)
+        in_flight.join(timeout=120)
+        assert result["response"].status_code == 200 and len(result["response"].json()["embeddings"]) == 16
+        # uvicorn shuts down gracefully, then re-raises the signal it caught: -SIGTERM is a clean exit.
+        assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Finished server process" in server.log_tail(400)
+        pointer = json.loads(next((tmp_path / "data" / "indexes").rglob("CHECKPOINT.json")).read_text())
+        assert pointer["id_watermark"] == 3 and pointer["count"] == 3
+    finally:
+        server.stop()
