@@ -56,6 +56,15 @@ class UrlPolicy:
     read_timeout: float = 15.0
     max_bytes: int = 20 * 1024 * 1024
     max_redirects: int = 3
+    # Host patterns: "example.com" matches it and its subdomains. A non-empty allow-list
+    # admits only its hosts; the deny-list always wins.
+    allow_hosts: tuple[str, ...] = ()
+    deny_hosts: tuple[str, ...] = ()
+
+
+def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
+    host = host.lower().rstrip(".")
+    return any(host == p or host.endswith("." + p) for p in (q.lower().strip(".") for q in patterns))
 
 
 def check_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver) -> None:
@@ -75,6 +84,10 @@ def check_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver)
         raise ImageLoadError("plain http URLs are refused; use https (or set PE_SEARCH_URL_ALLOW_HTTP=true)")
     if not host:
         raise ImageLoadError("the URL has no host")
+    if host_matches(host, policy.deny_hosts):
+        raise ImageLoadError(f"the host {host!r} is on this server's deny-list")
+    if policy.allow_hosts and not host_matches(host, policy.allow_hosts):
+        raise ImageLoadError(f"the host {host!r} is not on this server's allow-list")
     if _is_ip_literal(host) and not policy.allow_ip_hosts:
         raise ImageLoadError("URLs with a bare IP address as host are refused (PE_SEARCH_URL_ALLOW_IP_HOSTS)")
     if policy.allow_private_hosts:

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     url_read_timeout: float = Field(default=15.0, gt=0)
     url_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     url_max_redirects: int = Field(default=3, ge=0, le=20)
+    # Comma-separated host patterns (a domain covers its subdomains).
+    url_allow_hosts: str = ""
+    url_deny_hosts: str = ""
 
     @field_validator("model")
     @classmethod
@@ -110,4 +113,6 @@ class Settings(BaseSettings):
             read_timeout=self.url_read_timeout,
             max_bytes=self.url_max_bytes,
             max_redirects=self.url_max_redirects,
+            allow_hosts=tuple(h.strip() for h in self.url_allow_hosts.split(",") if h.strip()),
+            deny_hosts=tuple(h.strip() for h in self.url_deny_hosts.split(",") if h.strip()),
         )

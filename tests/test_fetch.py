@@ -214,3 +214,31 @@ def test_connected_address_is_checked_against_dns_rebinding(server: str) -> None
     with pytest.raises(ImageLoadError, match=r"non-public address \((127\.0\.0\.1|::1)\)"):
         fetcher.fetch(f"http://localhost:{port}/cat.jpg?rebinding")
     assert "/cat.jpg?rebinding" not in Handler.seen
+
+
+@pytest.mark.parametrize(
+    "url,allow,deny,refused",
+    [
+        ("https://img.example.com/a.jpg", ("example.com",), (), None),
+        ("https://example.com/a.jpg", ("example.com",), (), None),
+        ("https://badexample.com/a.jpg", ("example.com",), (), "allow-list"),
+        ("https://other.org/a.jpg", ("example.com",), (), "allow-list"),
+        ("https://cdn.tracker.net/a.jpg", (), ("tracker.net",), "deny-list"),
+        ("https://x.example.com/a.jpg", ("example.com",), ("x.example.com",), "deny-list"),
+    ],
+)
+def test_host_allow_and_deny_lists(url: str, allow: tuple, deny: tuple, refused: str | None) -> None:
+    resolver = resolver_for({url.split("/")[2]: ["93.184.216.34"]})
+    policy = UrlPolicy(allow_hosts=allow, deny_hosts=deny)
+    if refused is None:
+        check_url(url, policy, resolver)
+    else:
+        with pytest.raises(ImageLoadError, match=refused):
+            check_url(url, policy, resolver)
+
+
+def test_settings_build_the_lists() -> None:
+    from app.settings import Settings
+
+    policy = Settings(url_allow_hosts="example.com, cdn.org", url_deny_hosts="bad.example.com").url_policy()
+    assert policy.allow_hosts == ("example.com", "cdn.org") and policy.deny_hosts == ("bad.example.com",)

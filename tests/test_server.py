@@ -450,3 +450,15 @@ def test_sigterm_finishes_in_flight_requests_and_checkpoints(tmp_path: Path) -> 
         assert pointer["id_watermark"] == 3 and pointer["count"] == 3
     finally:
         server.stop()
+
+
+def test_load_script_runs_clean_against_a_live_server(server: Server) -> None:
+    """The bench load mix (embeds, searches, uploads) for a few seconds: no errors."""
+    import asyncio
+
+    from bench.load import Load
+
+    load = Load(server.url, clients=3, duration=3.0, max_requests=60)
+    asyncio.run(load.run())
+    assert sum(len(v) for v in load.latencies.values()) > 0
+    assert dict(load.errors) == {}

@@ -1,0 +1,1 @@
+"""Benchmarks and load scripts: `python -m bench <scenario>`. Loopback only."""
