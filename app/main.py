@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from importlib.resources import files
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.api.auth import KeyRing
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_log import RequestLog
-from app.api.routes import collections, embedding, health, images, ingest, search
+from app.api.routes import collections, embedding, health, images, ingest, page, search
 from app.embedder import Embedder
 from app.fetch import UrlFetcher
 from app.image_input import ImageLoader
@@ -114,4 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(collections.router)
     app.include_router(ingest.router)
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=str(files("app") / "static")), name="static")
     return app
