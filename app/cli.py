@@ -91,6 +91,14 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
+    from app.variants import get_variant
+    from app.weights import fetch_hub_checkpoint
+
+    print(fetch_hub_checkpoint(get_variant(settings.model), settings.cache_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pe-search", description="Image embeddings and search on PE-Core.")
     model_opts = argparse.ArgumentParser(add_help=False)
@@ -115,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the PE-Core variants and which are cached locally")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=cmd_models)
+
+    download = sub.add_parser("download", parents=[model_opts], help="fetch a model's weights into the cache (e.g. at image build)")
+    download.set_defaults(func=cmd_download)
 
     from app.cli_index import add_commands
 

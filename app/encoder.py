@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from app.weights import (
 )
 
 log = logging.getLogger(__name__)
+# Called after each forward pass with (kind: "image" or "text", items in the pass, seconds).
+ForwardObserver = Callable[[str, int, float], None]
 
 
 def pe_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
@@ -86,12 +89,14 @@ class PEEncoder:
         device: str = "auto",
         cache_dir: Path | None = None,
         batch_size: int = 32,
+        on_forward: ForwardObserver | None = None,
     ) -> None:
         self.variant = variant
         self.weights = weights
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
         self.batch_size = batch_size
+        self.on_forward = on_forward
         self.transform = pe_transform(variant.image_size)
         self.tokenizer = open_clip.get_tokenizer(variant.open_clip_name)
         self._model: open_clip.CustomTextCLIP | None = None
@@ -169,26 +174,30 @@ class PEEncoder:
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """L2-normalised float32 embeddings, shape (len(images), dim)."""
         model = self._require_model()
-        return self._batched(images, lambda chunk: model.encode_image(self.preprocess(chunk).to(self.device), normalize=True))
+        return self._batched("image", images, lambda chunk: model.encode_image(self.preprocess(chunk).to(self.device), normalize=True))
 
     def embed_pixels(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
         """Like embed_images, for images already through `transform` (e.g. in decode threads)."""
         model = self._require_model()
-        return self._batched(pixels, lambda chunk: model.encode_image(torch.stack(list(chunk)).to(self.device), normalize=True))
+        return self._batched("image", pixels, lambda chunk: model.encode_image(torch.stack(list(chunk)).to(self.device), normalize=True))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, shape (len(texts), dim)."""
         model = self._require_model()
-        return self._batched(texts, lambda chunk: model.encode_text(self.tokenizer(list(chunk)).to(self.device), normalize=True))
+        return self._batched("text", texts, lambda chunk: model.encode_text(self.tokenizer(list(chunk)).to(self.device), normalize=True))
 
-    def _batched(self, items: Sequence, forward: Callable[[Sequence], torch.Tensor]) -> np.ndarray:
+    def _batched(self, kind: str, items: Sequence, forward: Callable[[Sequence], torch.Tensor]) -> np.ndarray:
         if not items:
             return np.zeros((0, self.variant.dim), dtype=np.float32)
         out = []
         with self._forward, self._inference():
             for start in range(0, len(items), self.batch_size):
-                features = forward(items[start : start + self.batch_size])
+                chunk = items[start : start + self.batch_size]
+                began = time.perf_counter()
+                features = forward(chunk)
                 # Re-normalise in fp32: under autocast the model's own normalisation ran in half precision.
                 features = torch.nn.functional.normalize(features.float(), dim=-1)
-                out.append(features.cpu().numpy())
+                out.append(features.cpu().numpy())  # on CUDA, waits for the pass: the time below is real
+                if self.on_forward is not None:
+                    self.on_forward(kind, len(chunk), time.perf_counter() - began)
         return np.concatenate(out).astype(np.float32, copy=False)

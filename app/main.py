@@ -19,7 +19,8 @@ from app.api.auth import KeyRing
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_log import RequestLog
-from app.api.routes import collections, embedding, health, images, ingest, page, search
+from app.api.request_metrics import RequestMetrics
+from app.api.routes import collections, embedding, health, images, ingest, metrics, page, search, thumbnails
 from app.embedder import Embedder
 from app.fetch import UrlFetcher
 from app.image_input import ImageLoader
@@ -27,9 +28,11 @@ from app.images import ImageService, UploadFiles
 from app.ingest.jobs import JobManager
 from app.ingest.service import IngestService
 from app.inference import InferenceRunner, run_blocking
+from app.metrics import Metrics
 from app.registry import ModelRegistry
 from app.search import SearchService
 from app.settings import Settings
+from app.thumbnails import Thumbnails
 from index.db import create_db_engine
 from index.errors import DataDirError
 from index.store import VectorStore
@@ -52,7 +55,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
     if settings.random_weights:
         log.warning("PE_SEARCH_WEIGHTS=random: serving RANDOM weights; embeddings carry no meaning.")
-    registry = ModelRegistry(settings)
+    app_metrics: Metrics = app.state.metrics
+    registry = ModelRegistry(settings, on_forward=app_metrics.observe_forward)
     runner = InferenceRunner()
     loader = ImageLoader(
         UrlFetcher(settings.url_policy()), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
@@ -62,14 +66,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     # Migrations run here, before the first request; the indexes load or rebuild from the database.
     store = await run_blocking(open_store, settings)
+    app_metrics.watch_store(store)
     jobs = JobManager()
     app.state.registry = registry
     app.state.embedder = embedder
     app.state.store = store
     app.state.search = SearchService(store=store, embedder=embedder)
-    app.state.images = ImageService(store=store, embedder=embedder, uploads=UploadFiles(settings.uploads_dir))
+    uploads = UploadFiles(settings.uploads_dir)
+    app.state.images = ImageService(store=store, embedder=embedder, uploads=uploads)
+    app.state.thumbnails = Thumbnails(
+        directory=settings.data_dir / "thumbnails", store=store, uploads=uploads, fetcher=loader.fetcher
+    )
     app.state.jobs = jobs
-    app.state.ingest = IngestService(store=store, registry=registry, fetcher=loader.fetcher, settings=settings, jobs=jobs)
+    app.state.ingest = IngestService(
+        store=store, registry=registry, fetcher=loader.fetcher, settings=settings, jobs=jobs,
+        on_batch=app_metrics.observe_ingest,
+    )
     # Loads in the background so /health answers at once and /ready turns 200 when done.
     loading = asyncio.create_task(run_blocking(registry.load_default))
     try:
@@ -79,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading.cancel()
         jobs.close()
         runner.close()
+        app_metrics.watch_store(None)
         store.close()
 
 
@@ -107,13 +120,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings = settings or Settings()
     app.state.keys = KeyRing.from_settings(settings)
+    app.state.metrics = Metrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLog)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(embedding.router)
     app.include_router(search.router)
     app.include_router(images.router)
+    app.include_router(thumbnails.router)
     app.include_router(collections.router)
     app.include_router(ingest.router)
     app.include_router(page.router)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 
 from app.encoder import EncoderInfo, PEEncoder
 from app.settings import Settings
@@ -16,8 +18,10 @@ log = logging.getLogger(__name__)
 class ModelRegistry:
     """Loaded encoders, least recently used evicted past `max_loaded_models`; the default stays."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, on_forward: Callable[[str, str, int, float], None] | None = None) -> None:
         self.settings = settings
+        # Given to each encoder, bound to its version id: (model, kind, items, seconds) per forward pass.
+        self.on_forward = on_forward
         self.default_id = settings.model
         self._encoders: OrderedDict[str, PEEncoder] = OrderedDict()
         self._lock = threading.Lock()
@@ -31,6 +35,7 @@ class ModelRegistry:
             device=self.settings.device,
             cache_dir=self.settings.cache_dir,
             batch_size=self.settings.inference_batch,
+            on_forward=partial(self.on_forward, version_id) if self.on_forward else None,
         )
 
     def get(self, version_id: str | None = None) -> PEEncoder:

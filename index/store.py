@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,6 +58,11 @@ class CollectionInfo:
     created_at: str
 
 
+def _cosine(score: float) -> float:
+    # float32 rounding can put an image's score against itself a hair above 1.
+    return min(1.0, max(-1.0, float(score)))
+
+
 @dataclass(frozen=True)
 class Hit:
     id: int
@@ -71,6 +77,7 @@ class _Live:
         self.checkpoint = checkpoint
         self.lock = threading.RLock()
         self.dirty = False
+        self.saved_at = time.monotonic()  # of the last successful checkpoint; until one, of the opening
 
 
 class VectorStore:
@@ -192,6 +199,7 @@ class VectorStore:
                 try:
                     live.checkpoint = ckpt.save(self._dir(collection_id), live.index, replace(live.checkpoint))
                     live.dirty = False
+                    live.saved_at = time.monotonic()
                 except OSError as exc:
                     ok = False
                     log.error(
@@ -199,6 +207,16 @@ class VectorStore:
                         "is intact and the database holds every vector.", collection_id, self._dir(collection_id), exc,
                     )
         return ok
+
+    def index_status(self) -> list[tuple[str, int, float]]:
+        """Per loaded collection: (name, vectors indexed, seconds since its last successful checkpoint,
+        or since it was opened if none yet)."""
+        with self.sessions() as session:
+            names = {cid: name for cid, name in session.execute(select(Collection.id, Collection.name))}
+        with self._lock:
+            items = list(self._live.items())
+        now = time.monotonic()
+        return sorted((names[cid], live.index.count, now - live.saved_at) for cid, live in items if cid in names)
 
     def collection_name(self, collection_id: int) -> str | None:
         with self.sessions() as session:
@@ -430,7 +448,7 @@ class VectorStore:
         if rerank and len(ids):
             hits = self._exact(ids, query, k)
         else:
-            hits = [Hit(int(i), float(s)) for s, i in zip(scores, ids)]
+            hits = [Hit(int(i), _cosine(s)) for s, i in zip(scores, ids)]
         if allowed is not None and len(hits) < min(k, len(allowed)):
             hits = self._exact(allowed, query, k)  # the approximate index under-filled a filtered query
         return [h for h in hits if min_score is None or h.score >= min_score]
@@ -447,7 +465,7 @@ class VectorStore:
             return []
         ids, scores = np.concatenate(ids_all), np.concatenate(scores_all)
         top = np.argsort(-scores, kind="stable")[:k]
-        return [Hit(int(ids[i]), float(scores[i])) for i in top]
+        return [Hit(int(ids[i]), _cosine(scores[i])) for i in top]
 
     def stats(self) -> dict[str, Any]:
         return {

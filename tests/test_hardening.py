@@ -123,7 +123,7 @@ def test_keys_from_query_header_or_body(secured: TestClient, kwargs: dict, statu
     response = secured.post(EMBED_TEXT, json=body, **kwargs)
     assert response.status_code == status, response.text
     if status == 401:
-        assert "API key" in response.json()["message"]
+        assert "API key" in response.json()["message"] and response.headers["www-authenticate"] == "Bearer"
 
 
 def test_read_keys_cannot_write(secured: TestClient) -> None:

@@ -15,6 +15,7 @@ from app.ingest.service import IngestService
 from app.registry import ModelRegistry
 from app.search import SearchService
 from app.settings import Settings
+from app.thumbnails import Thumbnails
 from index.store import VectorStore
 
 
@@ -46,6 +47,10 @@ def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
+def get_thumbnails(request: Request) -> Thumbnails:
+    return request.app.state.thumbnails
+
+
 def get_ingest(request: Request) -> IngestService:
     return request.app.state.ingest
 
@@ -56,6 +61,7 @@ SearchDep = Annotated[SearchService, Depends(get_search)]
 ImagesDep = Annotated[ImageService, Depends(get_images)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 IngestDep = Annotated[IngestService, Depends(get_ingest)]
+ThumbnailsDep = Annotated[Thumbnails, Depends(get_thumbnails)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 

@@ -28,7 +28,7 @@ from app.imaging import decode_image, image_format
 from app.ingest.sources import Rejected, SourceItem
 from index.crud import NewImage
 from index.errors import MissingVectorError
-from index.store import VectorStore
+from index.store import CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_SECONDS = 60.0
@@ -77,6 +77,8 @@ class _Unchanged:
 
 Outcome = _Prepared | _Unchanged | Rejected
 Progress = Callable[[IngestSummary], None]
+# Called after each committed batch with (collection, items stored or matched to stored content, failures).
+BatchObserver = Callable[[str, int, int], None]
 
 
 def _done(value: Outcome) -> Future:
@@ -94,12 +96,14 @@ class Ingestor:
         fetcher: UrlFetcher,
         batch_size: int = 32,
         workers: int = 4,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
         self.fetcher = fetcher
         self.batch_size = batch_size
         self.workers = workers
+        self.on_batch = on_batch
 
     def run(
         self,
@@ -122,7 +126,7 @@ class Ingestor:
             else:
                 batch.append(outcome)
             if len(batch) >= self.batch_size or len(rejected) >= self.batch_size:
-                self._write(info.id, batch, rejected, summary)
+                self._write(info, batch, rejected, summary)
                 batch, rejected = [], []
                 summary.seconds = time.monotonic() - started
                 if progress:
@@ -132,7 +136,7 @@ class Ingestor:
                     last_checkpoint = time.monotonic()
             if cancel is not None and cancel.is_set():
                 break
-        self._write(info.id, batch, rejected, summary)
+        self._write(info, batch, rejected, summary)
         self.store.checkpoint(collection)
         summary.seconds = time.monotonic() - started
         if progress:
@@ -194,9 +198,10 @@ class Ingestor:
         assert item.path is not None
         return item.path.read_bytes()
 
-    def _write(self, collection_id: int, batch: list[_Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
+    def _write(self, info: CollectionInfo, batch: list[_Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
         if not batch and not rejected:
             return
+        collection_id = info.id
         vectors = self._embed(self._unstored(collection_id, batch))
         failures = [(r.uri, r.reason) for r in rejected]
         try:
@@ -211,6 +216,8 @@ class Ingestor:
             else:
                 summary.duplicates += 1
         summary.failed.extend(failures)
+        if self.on_batch is not None:
+            self.on_batch(info.name, len(results), len(failures))
 
     @staticmethod
     def _rows(batch: list[_Prepared], vectors: dict[str, np.ndarray]) -> list[NewImage]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from app.errors import ForbiddenPathError, InvalidInputError
 from app.fetch import UrlFetcher
 from app.ingest.jobs import Job, JobManager
-from app.ingest.pipeline import Ingestor
+from app.ingest.pipeline import BatchObserver, Ingestor
 from app.ingest.sources import Rejected, SourceItem, folder_items, manifest_items, url_list_items
 from app.registry import ModelRegistry
 from app.settings import Settings
@@ -25,13 +25,21 @@ def allowed_path(raw: str, roots: tuple[Path, ...]) -> Path:
 
 class IngestService:
     def __init__(
-        self, *, store: VectorStore, registry: ModelRegistry, fetcher: UrlFetcher, settings: Settings, jobs: JobManager
+        self,
+        *,
+        store: VectorStore,
+        registry: ModelRegistry,
+        fetcher: UrlFetcher,
+        settings: Settings,
+        jobs: JobManager,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.fetcher = fetcher
         self.settings = settings
         self.jobs = jobs
+        self.on_batch = on_batch
 
     def start(self, *, source: str, kind: str, collection: str, column: str | None, model: str | None) -> Job:
         roots = self.settings.ingest_root_paths
@@ -53,6 +61,7 @@ class IngestService:
                 fetcher=self.fetcher,
                 batch_size=self.settings.ingest_batch,
                 workers=self.settings.ingest_workers,
+                on_batch=self.on_batch,
             )
 
         return self.jobs.submit(source=str(path), collection=collection, items=readers[kind], ingestor=ingestor)

@@ -78,6 +78,7 @@ async def add_image(request: Request, images: ImagesDep) -> AddImageResponse:
     added = await images.add_upload(
         data, collection=body.collection, metadata=body.metadata, model=body.perception_encoder_version_id
     )
+    request.app.state.metrics.observe_ingest(added.collection, ingested=1)
     return AddImageResponse(id=added.id, created=added.created, collection=added.collection)
 
 

@@ -1,0 +1,19 @@
+"""Prometheus metrics of this app, in the text exposition format; no API key, like /health."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.inference import run_blocking
+from app.metrics import Metrics
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    app_metrics: Metrics = request.app.state.metrics
+    # Off the event loop: the store's collector reads the database.
+    body, content_type = await run_blocking(app_metrics.render)
+    return Response(body, media_type=content_type)

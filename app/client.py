@@ -1,0 +1,418 @@
+"""A small typed HTTP client for the pe-search API, in the style of Roboflow's `inference-sdk`.
+
+    client = PESearchClient(api_url="http://127.0.0.1:9001", api_key="...")
+    added = client.add_image("photo.jpg", metadata={"label": "dog"})
+    hits = client.search_text("a dog on a beach", top_k=5)
+
+Needs only `requests` and `numpy`; importing it loads no model and starts nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote, urljoin
+
+import numpy as np
+import requests
+
+__all__ = [
+    "AddedImage",
+    "Collection",
+    "ImageInput",
+    "ImageRecord",
+    "IngestJob",
+    "PESearchAPIError",
+    "PESearchClient",
+    "SearchHit",
+]
+
+ImageInput = str | Path | bytes
+"""An image: a local path (str or Path), raw file bytes, or an http(s) URL string the server fetches."""
+
+IndexType = Literal["auto", "flat", "hnsw", "ivfpq"]
+IngestKind = Literal["folder", "manifest", "urls"]
+FINISHED_STATUSES = frozenset({"done", "failed", "cancelled"})
+
+
+class PESearchAPIError(Exception):
+    """The server answered with a non-2xx status; `message` is its explanation."""
+
+    def __init__(self, status_code: int, message: str, detail: Any = None) -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+        self.detail = detail  # the raw 422 `detail` list, when there is one
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: int
+    score: float
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    metadata: dict[str, Any]
+    file_url: str  # absolute: the server's `/images/{id}/file` joined to api_url
+
+
+@dataclass(frozen=True)
+class AddedImage:
+    id: int
+    created: bool  # False when the same bytes were already stored: `id` is the existing image
+    collection: str
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    collection: str
+    sha256: str
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    byte_size: int
+    metadata: dict[str, Any]
+    file_url: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    model: str
+    dim: int
+    count: int
+    indexed: int
+    metric: str
+    index_type: str
+    live_index: str
+    index_params: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    id: str
+    source: str
+    collection: str
+    status: str  # queued, running, done, failed or cancelled
+    summary: dict[str, Any]  # added, unchanged, duplicates, failed, failures, seconds...
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+def _error_message(response: requests.Response) -> tuple[str, Any]:
+    """The server's `message`, or FastAPI's 422 `detail` as one line; else the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.text.strip() or response.reason or "no message"), None
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"], None
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", ()))
+                parts.append(f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", "")))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts) or "invalid request", detail
+    if isinstance(detail, str):
+        return detail, None
+    return json.dumps(body), None
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _is_url(image: ImageInput) -> bool:
+    return isinstance(image, str) and image.startswith(("http://", "https://"))
+
+
+def _read(image: str | Path | bytes) -> bytes:
+    return bytes(image) if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
+
+
+def _image_object(image: ImageInput) -> dict[str, str]:
+    if _is_url(image):
+        return {"type": "url", "value": str(image)}
+    return {"type": "base64", "value": base64.b64encode(_read(image)).decode("ascii")}
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class PESearchClient:
+    """Client for one pe-search server. Not thread-safe to share across threads (one requests.Session)."""
+
+    def __init__(self, api_url: str, api_key: str | None = None, timeout: float = 60) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the underlying HTTP session."""
+        self._session.close()
+
+    def __enter__(self) -> PESearchClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PESearchClient(api_url={self.api_url!r})"  # never the key
+
+    def _request(self, method: str, route: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        response = self._session.request(method, f"{self.api_url}{route}", **kwargs)
+        if not 200 <= response.status_code < 300:
+            message, detail = _error_message(response)
+            raise PESearchAPIError(response.status_code, message, detail)
+        return response
+
+    def _json(self, method: str, route: str, **kwargs: Any) -> Any:
+        return self._request(method, route, **kwargs).json()
+
+    def _absolute(self, url: str) -> str:
+        # The server's paths are root-relative; keep any path prefix api_url has (a reverse proxy's).
+        return f"{self.api_url}{url}" if url.startswith("/") else urljoin(f"{self.api_url}/", url)
+
+    def _hit(self, raw: dict[str, Any]) -> SearchHit:
+        return SearchHit(
+            id=raw["id"], score=raw["score"], uri=raw["uri"], width=raw["width"], height=raw["height"],
+            format=raw.get("format"), metadata=raw.get("metadata") or {}, file_url=self._absolute(raw["file_url"]),
+        )
+
+    def _record(self, raw: dict[str, Any]) -> ImageRecord:
+        return ImageRecord(
+            id=raw["id"], collection=raw["collection"], sha256=raw["sha256"], uri=raw["uri"],
+            width=raw["width"], height=raw["height"], format=raw.get("format"), byte_size=raw["byte_size"],
+            metadata=raw.get("metadata") or {}, file_url=self._absolute(raw["file_url"]),
+            created_at=datetime.fromisoformat(raw["created_at"]),
+            updated_at=datetime.fromisoformat(raw["updated_at"]),
+        )
+
+    # --- search ----------------------------------------------------------------------------
+
+    def _search(
+        self,
+        query: dict[str, Any],
+        top_k: int,
+        collection: str,
+        filter: Mapping[str, Any] | None,
+        min_score: float | None,
+    ) -> list[SearchHit]:
+        body: dict[str, Any] = {**query, "top_k": top_k, "collection": collection}
+        if filter is not None:
+            body["filter"] = _jsonable(filter)
+        if min_score is not None:
+            body["min_score"] = min_score
+        return [self._hit(hit) for hit in self._json("POST", "/search", json=body)["results"]]
+
+    def search_text(
+        self,
+        text: str,
+        top_k: int = 10,
+        collection: str = "default",
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> list[SearchHit]:
+        """Images of `collection` best matching a text, best first.
+
+        `filter` is the API's filter object, e.g. `{"metadata": {"label": ["dog", "cat"]}, "uri_prefix": "/srv"}`.
+        """
+        return self._search({"text": text}, top_k, collection, filter, min_score)
+
+    def search_image(
+        self,
+        image: ImageInput,
+        top_k: int = 10,
+        collection: str = "default",
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> list[SearchHit]:
+        """Images most similar to a query image (path, bytes, or URL the server fetches)."""
+        return self._search({"image": _image_object(image)}, top_k, collection, filter, min_score)
+
+    def search_id(
+        self,
+        image_id: int,
+        top_k: int = 10,
+        collection: str = "default",
+        filter: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> list[SearchHit]:
+        """Images most similar to a stored image (which is itself usually the first hit)."""
+        return self._search({"image_id": image_id}, top_k, collection, filter, min_score)
+
+    # --- images ----------------------------------------------------------------------------
+
+    def add_image(
+        self, image: ImageInput, metadata: Mapping[str, Any] | None = None, collection: str = "default"
+    ) -> AddedImage:
+        """Store and index one image; the same bytes twice give `created=False` and the first id."""
+        if _is_url(image):
+            body = {"image": _image_object(image), "metadata": dict(metadata or {}), "collection": collection}
+            raw = self._json("POST", "/images", json=body)
+        else:
+            name = Path(image).name if isinstance(image, (str, Path)) else "image"
+            raw = self._json(
+                "POST",
+                "/images",
+                files={"file": (name, _read(image), "application/octet-stream")},
+                data={"metadata": json.dumps(dict(metadata or {}), allow_nan=False), "collection": collection},
+            )
+        return AddedImage(id=raw["id"], created=raw["created"], collection=raw["collection"])
+
+    def get_image(self, image_id: int) -> ImageRecord:
+        """One stored image's record."""
+        return self._record(self._json("GET", f"/images/{int(image_id)}"))
+
+    def download_image(self, image_id: int) -> bytes:
+        """The stored image's file bytes (for URL-sourced images, the redirect is followed)."""
+        return self._request("GET", f"/images/{int(image_id)}/file").content
+
+    def update_metadata(self, image_id: int, patch: Mapping[str, Any]) -> ImageRecord:
+        """Set metadata keys; a None value removes the key. Returns the updated record."""
+        body = {"metadata": dict(patch)}
+        return self._record(self._json("PATCH", f"/images/{int(image_id)}", json=body))
+
+    def delete_image(self, image_id: int) -> None:
+        """Delete an image from its collection and index."""
+        self._request("DELETE", f"/images/{int(image_id)}")
+
+    # --- collections -----------------------------------------------------------------------
+
+    def collections(self) -> list[Collection]:
+        """Every collection with its model, size and index."""
+        return [_collection(raw) for raw in self._json("GET", "/collections")]
+
+    def create_collection(self, name: str, model: str | None = None, index_type: IndexType = "auto") -> Collection:
+        """Create an empty collection (model: a PE-Core id; the server's default when None)."""
+        body: dict[str, Any] = {"name": name, "index_type": index_type}
+        if model is not None:
+            body["perception_encoder_version_id"] = model
+        return _collection(self._json("POST", "/collections", json=body))
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection, its images and its index."""
+        self._request("DELETE", f"/collections/{quote(name, safe='')}")
+
+    # --- ingest ----------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        source: str | Path,
+        kind: IngestKind = "folder",
+        collection: str = "default",
+        wait: bool = True,
+        poll_interval: float = 0.5,
+        timeout: float = 3600,
+        column: str | None = None,
+    ) -> IngestJob:
+        """Start a server-side ingest of a folder, manifest or URL list under PE_SEARCH_INGEST_ROOTS.
+
+        With `wait`, poll until the job is done, failed or cancelled (a failed job is returned, not
+        raised; check `status` and `error`); TimeoutError after `timeout` seconds.
+        """
+        body: dict[str, Any] = {"source": str(source), "kind": kind, "collection": collection}
+        if column is not None:
+            body["column"] = column
+        job = _job(self._json("POST", "/ingest", json=body))
+        if not wait:
+            return job
+        deadline = time.monotonic() + timeout
+        while not job.finished:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"Ingest job {job.id} still {job.status} after {timeout:g} s.")
+            time.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
+            job = self.ingest_job(job.id)
+        return job
+
+    def ingest_job(self, job_id: str) -> IngestJob:
+        """An ingest job's status, progress and summary."""
+        return _job(self._json("GET", f"/ingest/{quote(job_id, safe='')}"))
+
+    # --- embeddings (the Roboflow-compatible perception_encoder routes) ---------------------
+
+    def embed_text(
+        self, texts: str | Sequence[str], model: str | None = None, batch_size: int = 32
+    ) -> np.ndarray:
+        """Unit-norm text embeddings, float32 of shape (len(texts), dim); sent `batch_size` per request."""
+        items = [texts] if isinstance(texts, str) else list(texts)
+        return self._embed("embed_text", "text", items, model, batch_size)
+
+    def embed_images(
+        self, images: ImageInput | Sequence[ImageInput], model: str | None = None, batch_size: int = 32
+    ) -> np.ndarray:
+        """Unit-norm image embeddings, float32 of shape (len(images), dim); sent `batch_size` per request."""
+        items = [images] if isinstance(images, (str, Path, bytes, bytearray)) else list(images)
+        return self._embed("embed_image", "image", [_image_object(i) for i in items], model, batch_size)
+
+    def _embed(self, route: str, field: str, items: list[Any], model: str | None, batch_size: int) -> np.ndarray:
+        if not items:
+            raise ValueError(f"Nothing to embed: give at least one {field}.")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1.")
+        parts = []
+        for chunk in _chunks(items, batch_size):
+            body: dict[str, Any] = {field: list(chunk)}
+            if model is not None:
+                body["perception_encoder_version_id"] = model
+            response = self._json("POST", f"/perception_encoder/{route}", json=body)
+            parts.append(np.asarray(response["embeddings"], dtype=np.float32))
+        return np.concatenate(parts, axis=0)
+
+
+def _collection(raw: dict[str, Any]) -> Collection:
+    return Collection(
+        name=raw["name"], model=raw["model"], dim=raw["dim"], count=raw["count"], indexed=raw["indexed"],
+        metric=raw["metric"], index_type=raw["index_type"], live_index=raw["live_index"],
+        index_params=raw.get("index_params") or {}, created_at=datetime.fromisoformat(raw["created_at"]),
+    )
+
+
+def _job(raw: dict[str, Any]) -> IngestJob:
+    return IngestJob(
+        id=raw["id"], source=raw["source"], collection=raw["collection"], status=raw["status"],
+        summary=raw.get("summary") or {}, error=raw.get("error"),
+        created_at=datetime.fromisoformat(raw["created_at"]), finished_at=_time(raw.get("finished_at")),
+    )

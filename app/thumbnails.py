@@ -1,0 +1,49 @@
+"""Thumbnails, made on first request and cached under the data dir by content hash and size."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image as PILImage
+
+from app.fetch import UrlFetcher
+from app.images import UploadFiles, locate_image_file
+from app.imaging import decode_image
+from index.models import Image
+from index.store import VectorStore
+
+SIZES = (128, 256, 512)
+
+
+def nearest_size(requested: int) -> int:
+    """The smallest cached size at least as large as asked (the largest past the end)."""
+    return next((size for size in SIZES if size >= requested), SIZES[-1])
+
+
+class Thumbnails:
+    def __init__(self, *, directory: Path, store: VectorStore, uploads: UploadFiles, fetcher: UrlFetcher) -> None:
+        self.directory = directory
+        self.store = store
+        self.uploads = uploads
+        self.fetcher = fetcher
+
+    def path(self, image: Image, size: int) -> Path:
+        """A JPEG no larger than size x size, aspect kept; made once per content and size."""
+        target = self.directory / str(size) / image.sha256[:2] / f"{image.sha256}.jpg"
+        if target.is_file():
+            return target
+        location = locate_image_file(image, self.store, self.uploads)
+        data = self.fetcher.fetch(location) if isinstance(location, str) else location.read_bytes()
+        thumbnail = decode_image(data)
+        thumbnail.thumbnail((size, size), PILImage.Resampling.LANCZOS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                thumbnail.save(handle, "JPEG", quality=85, optimize=True)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return target
