@@ -18,8 +18,7 @@ from app import __version__
 from app.api.auth import KeyRing
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
-from app.api.request_log import RequestLog
-from app.api.request_metrics import RequestMetrics
+from app.api.request_log import RequestObserver
 from app.api.routes import collections, embedding, health, images, ingest, metrics, page, search, thumbnails
 from app.embedder import Embedder
 from app.fetch import UrlFetcher
@@ -122,8 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyRing.from_settings(settings)
     app.state.metrics = Metrics()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestLog)
-    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(RequestObserver, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

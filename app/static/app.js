@@ -144,7 +144,8 @@ function idle(collection) {
   $("query-info").replaceChildren();
   $("more").hidden = true;
   const info = state.collections.find((c) => c.name === collection);
-  setStatus(info ? `${info.count} images in “${collection}”. Describe what you are looking for, or drop an image.` : "Describe what you are looking for, or drop an image.");
+  if (!state.collections.length) setStatus("No images yet: add some with `pe-search ingest FOLDER` or POST /images.");
+  else setStatus(info ? `${info.count} images in “${collection}”. Describe what you are looking for, or drop an image.` : "Describe what you are looking for, or drop an image.");
 }
 
 function fromUrl() {
