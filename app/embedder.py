@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from app.api.schemas import ImageObject
 from app.encoder import PEEncoder
 from app.errors import InvalidInputError, PayloadTooLargeError, TooManyItemsError
 from app.image_input import ImageLoader
+from app.batcher import MicroBatcher
 from app.inference import InferenceRunner, run_blocking
 from app.registry import ModelRegistry
 
@@ -57,12 +59,16 @@ class Embedder:
         *,
         max_items: int,
         max_text_chars: int = 10_000,
+        batcher: MicroBatcher | None = None,
+        text_cache_size: int = 0,
     ) -> None:
         self.registry = registry
         self.loader = loader
         self.runner = runner
         self.max_items = max_items
         self.max_text_chars = max_text_chars
+        self.batcher = batcher or MicroBatcher(runner, enabled=False)
+        self.text_cache = TextCache(text_cache_size)
 
     def _check_texts(self, texts: Sequence[str]) -> None:
         # Long texts are truncated by the tokenizer; megabytes of text are refused before tokenizing.
@@ -94,21 +100,31 @@ class Embedder:
         self._check_count(len(images), "image")
         encoder = await self.encoder(version_id)
         pixels = await self._load_images(images)
-        return await self.runner.run(encoder.embed_images, pixels)
+        return await self.batcher.images(encoder, pixels)
 
     async def embed_texts(self, version_id: str | None, texts: Sequence[str]) -> np.ndarray:
         self._check_count(len(texts), "text")
         self._check_texts(texts)
         encoder = await self.encoder(version_id)
-        return await self.runner.run(encoder.embed_texts, list(texts))
+        return await self._texts(encoder, texts)
+
+    async def _texts(self, encoder: PEEncoder, texts: Sequence[str]) -> np.ndarray:
+        """Cached texts (search queries repeat) skip the model; the rest share a micro-batch."""
+        model = encoder.variant.version_id
+        cached = [self.text_cache.get(model, text) for text in texts]
+        missing = list(dict.fromkeys(t for t, v in zip(texts, cached) if v is None))
+        fresh = dict(zip(missing, await self.batcher.texts(encoder, missing))) if missing else {}
+        for text, vector in fresh.items():
+            self.text_cache.put(model, text, vector)
+        return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, cached)])
 
     async def _embed_as(self, encoder: PEEncoder, kind: str, items: Sequence[PromptItem], role: str) -> np.ndarray:
         if kind == "text":
             if not all(isinstance(item, str) for item in items):
                 raise InvalidInputError(f"{role}_type is 'text' but the {role} holds an image object")
             self._check_texts(items)
-            return await self.runner.run(encoder.embed_texts, list(items))
-        return await self.runner.run(encoder.embed_images, await self._load_images(items))
+            return await self._texts(encoder, items)
+        return await self.batcher.images(encoder, await self._load_images(items))
 
     async def compare(
         self, version_id: str | None, subject: PromptItem, subject_type: str, prompt: Any, prompt_type: str
@@ -134,6 +150,32 @@ class Embedder:
         similarity = cosine(prompt_vecs, subject_vec)
         logit_scale = encoder.logit_scale
         return ClassScores(names, similarity, softmax(logit_scale * similarity), logit_scale)
+
+
+class TextCache:
+    """Least-recently-used text embeddings per model; size 0 turns it off."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, model: str, text: str) -> np.ndarray | None:
+        vector = self._vectors.get((model, text))
+        if vector is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._vectors.move_to_end((model, text))
+        return vector
+
+    def put(self, model: str, text: str, vector: np.ndarray) -> None:
+        if self.size <= 0:
+            return
+        self._vectors[(model, text)] = vector
+        self._vectors.move_to_end((model, text))
+        while len(self._vectors) > self.size:
+            self._vectors.popitem(last=False)
 
 
 def cosine(unit_rows: np.ndarray, unit_vector: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_log import RequestObserver
 from app.api.routes import collections, embedding, health, images, ingest, metrics, page, search, thumbnails
+from app.batcher import MicroBatcher
 from app.embedder import Embedder
 from app.fetch import UrlFetcher
 from app.image_input import ImageLoader
@@ -60,8 +61,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     loader = ImageLoader(
         UrlFetcher(settings.url_policy()), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
     )
+    batcher = MicroBatcher(
+        runner, max_batch=settings.microbatch_max_items, max_wait_ms=settings.microbatch_wait_ms,
+        enabled=settings.microbatch,
+    )
     embedder = Embedder(
-        registry, loader, runner, max_items=settings.max_batch, max_text_chars=settings.max_text_chars
+        registry, loader, runner, max_items=settings.max_batch, max_text_chars=settings.max_text_chars,
+        batcher=batcher, text_cache_size=settings.text_cache_size,
     )
     # Migrations run here, before the first request; the indexes load or rebuild from the database.
     store = await run_blocking(open_store, settings)
@@ -89,6 +95,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A load still running cannot be interrupted inside its thread; stop waiting for it.
         loading.cancel()
         jobs.close()
+        await batcher.close()
         runner.close()
         app_metrics.watch_store(None)
         store.close()

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     # How many images or texts go through the model in one forward pass.
     inference_batch: int = Field(default=32, ge=1, le=1024)
+    # Concurrent requests' items merged into one forward pass, waiting at most this long for company.
+    microbatch: bool = True
+    microbatch_max_items: int = Field(default=32, ge=1, le=1024)
+    microbatch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    text_cache_size: int = Field(default=4096, ge=0)
     max_loaded_models: int = Field(default=2, ge=1, le=5)
     torch_threads: int = Field(default=0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

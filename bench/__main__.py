@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-SCENARIOS = {"load": "bench.load"}
+SCENARIOS = {"load": "bench.load", "serving": "bench.serving"}
 
 
 def main() -> int:

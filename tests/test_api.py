@@ -247,7 +247,8 @@ def test_unexpected_failure_is_500_without_details(client: TestClient, encoder: 
 
     monkeypatch.setattr(encoder, "embed_texts", broken)
     # Same app and state; this client answers as a real server would instead of re-raising.
-    response = TestClient(client.app, raise_server_exceptions=False).post(EMBED_TEXT, json={"text": "a cat"})
+    fresh = {"text": "a text no test has embedded, so the cache cannot answer"}
+    response = TestClient(client.app, raise_server_exceptions=False).post(EMBED_TEXT, json=fresh)
     assert response.status_code == 500 and response.json() == {"message": "Internal error."}
 
 
