@@ -41,8 +41,9 @@ class MicroBatcher:
     async def texts(self, encoder: PEEncoder, texts: Sequence[str]) -> np.ndarray:
         return await self._submit(encoder, "text", list(texts))
 
-    async def images(self, encoder: PEEncoder, images: Sequence[Any]) -> np.ndarray:
-        return await self._submit(encoder, "image", list(images))
+    async def images(self, encoder: PEEncoder, pixels: Sequence[Any]) -> np.ndarray:
+        """Images already through `encoder.transform` (done in decode threads, not here)."""
+        return await self._submit(encoder, "image", list(pixels))
 
     async def _submit(self, encoder: PEEncoder, kind: str, items: list[Any]) -> np.ndarray:
         if not self.enabled:
@@ -112,4 +113,4 @@ class MicroBatcher:
 
 
 def _forward(encoder: PEEncoder, kind: str):  # noqa: ANN202 - the encoder's bound embed method
-    return encoder.embed_texts if kind == "text" else encoder.embed_images
+    return encoder.embed_texts if kind == "text" else encoder.embed_pixels

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+import torch
 
 from app.api.schemas import ImageObject
 from app.encoder import PEEncoder
@@ -88,19 +88,22 @@ class Embedder:
     async def encoder(self, version_id: str | None) -> PEEncoder:
         return await run_blocking(self.registry.get, version_id)
 
-    async def _load_images(self, items: Sequence[PromptItem]) -> list[Image.Image]:
-        def load(item: PromptItem) -> Image.Image:
+    async def _load_images(self, encoder: PEEncoder, items: Sequence[PromptItem]) -> list[torch.Tensor]:
+        """Fetch, decode and PE-preprocess each image in a worker thread, off the model thread."""
+
+        def load(item: PromptItem) -> torch.Tensor:
             if isinstance(item, ImageObject):
-                return self.loader.load(item.type, item.value)
-            return self.loader.load_bare(item)
+                image = self.loader.load(item.type, item.value)
+            else:
+                image = self.loader.load_bare(item)
+            return encoder.transform(image)
 
         return list(await asyncio.gather(*(run_blocking(load, item) for item in items)))
 
     async def embed_images(self, version_id: str | None, images: Sequence[ImageObject]) -> np.ndarray:
         self._check_count(len(images), "image")
         encoder = await self.encoder(version_id)
-        pixels = await self._load_images(images)
-        return await self.batcher.images(encoder, pixels)
+        return await self.batcher.images(encoder, await self._load_images(encoder, images))
 
     async def embed_texts(self, version_id: str | None, texts: Sequence[str]) -> np.ndarray:
         self._check_count(len(texts), "text")
@@ -124,7 +127,7 @@ class Embedder:
                 raise InvalidInputError(f"{role}_type is 'text' but the {role} holds an image object")
             self._check_texts(items)
             return await self._texts(encoder, items)
-        return await self.batcher.images(encoder, await self._load_images(items))
+        return await self.batcher.images(encoder, await self._load_images(encoder, items))
 
     async def compare(
         self, version_id: str | None, subject: PromptItem, subject_type: str, prompt: Any, prompt_type: str

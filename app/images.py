@@ -75,7 +75,8 @@ class ImageService:
         existing = await run_blocking(self.store.existing_shas, info.id, [sha256])
         if sha256 in existing:
             return Added(existing[sha256], False, collection)
-        vector = (await self.embedder.batcher.images(encoder, [image]))[0]
+        pixels = await run_blocking(encoder.transform, image)
+        vector = (await self.embedder.batcher.images(encoder, [pixels]))[0]
         await run_blocking(self.uploads.save, data, sha256)
         row = NewImage(
             sha256=sha256, uri=f"{UPLOAD_SCHEME}{sha256}", width=image.width, height=image.height,
