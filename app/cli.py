@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from app.cli_index import load_encoder
 from app.settings import Settings
 from app.variants import VARIANTS
 
@@ -32,19 +33,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _encoder(settings: Settings):  # noqa: ANN202 - PEEncoder, imported lazily to keep --help fast
-    from app.registry import ModelRegistry
-
-    return ModelRegistry(settings).get()
-
-
 def _emit(model: str, inputs: Sequence[str], vectors) -> None:
     json.dump({"model": model, "dim": int(vectors.shape[1]), "inputs": list(inputs), "embeddings": vectors.tolist()}, sys.stdout)
     sys.stdout.write("\n")
 
 
 def cmd_embed_text(args: argparse.Namespace, settings: Settings) -> int:
-    encoder = _encoder(settings)
+    encoder = load_encoder(settings)
     _emit(encoder.variant.version_id, args.text, encoder.embed_texts(args.text))
     return 0
 
@@ -60,7 +55,7 @@ def cmd_embed_image(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ImageLoadError) as exc:
             print(f"pe-search: {path}: {exc}", file=sys.stderr)
             return 2
-    encoder = _encoder(settings)
+    encoder = load_encoder(settings)
     _emit(encoder.variant.version_id, args.path, encoder.embed_images(images))
     return 0
 

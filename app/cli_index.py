@@ -17,7 +17,7 @@ def _store(settings: Settings):  # noqa: ANN202 - VectorStore, imported lazily t
     return open_store(settings)
 
 
-def _encoder(settings: Settings, model: str | None):  # noqa: ANN202 - PEEncoder
+def load_encoder(settings: Settings, model: str | None = None):  # noqa: ANN201 - PEEncoder, imported lazily
     from app.registry import ModelRegistry
 
     return ModelRegistry(settings).get(model)
@@ -45,7 +45,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     else:
         items, total = url_list_items(Path(args.urls)), None
     store = _store(settings)
-    encoder = _encoder(settings, args.model or store.model_of(args.collection))
+    encoder = load_encoder(settings, args.model or store.model_of(args.collection))
     ingestor = Ingestor(
         store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()),
         batch_size=args.batch_size or settings.ingest_batch, workers=settings.ingest_workers,
@@ -79,7 +79,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if args.id is not None:
         _, vector = store.vector(args.id)
     else:
-        encoder = _encoder(settings, info.model)
+        encoder = load_encoder(settings, info.model)
         if args.image:
             vector = encoder.embed_images([decode_image(Path(args.image).read_bytes())])[0]
         elif args.text:
@@ -134,7 +134,7 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
         from app.reembed import reembed_collection
 
         result = reembed_collection(
-            store=store, encoder=_encoder(settings, args.model), uploads=UploadFiles(settings.uploads_dir),
+            store=store, encoder=load_encoder(settings, args.model), uploads=UploadFiles(settings.uploads_dir),
             fetcher=UrlFetcher(settings.url_policy()), name=args.collection, batch_size=settings.ingest_batch,
         )
         if result.failed:

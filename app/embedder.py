@@ -16,7 +16,7 @@ from app.encoder import PEEncoder
 from app.errors import InvalidInputError, PayloadTooLargeError, TooManyItemsError
 from app.image_input import ImageLoader
 from app.batcher import MicroBatcher
-from app.inference import InferenceRunner, run_blocking
+from app.inference import run_blocking
 from app.registry import ModelRegistry
 
 PromptItem = ImageObject | str
@@ -55,19 +55,17 @@ class Embedder:
         self,
         registry: ModelRegistry,
         loader: ImageLoader,
-        runner: InferenceRunner,
+        batcher: MicroBatcher,
         *,
         max_items: int,
         max_text_chars: int = 10_000,
-        batcher: MicroBatcher | None = None,
         text_cache_size: int = 0,
     ) -> None:
         self.registry = registry
         self.loader = loader
-        self.runner = runner
         self.max_items = max_items
         self.max_text_chars = max_text_chars
-        self.batcher = batcher or MicroBatcher(runner, enabled=False)
+        self.batcher = batcher
         self.text_cache = TextCache(text_cache_size)
 
     def _check_texts(self, texts: Sequence[str]) -> None:

@@ -66,8 +66,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         enabled=settings.microbatch,
     )
     embedder = Embedder(
-        registry, loader, runner, max_items=settings.max_batch, max_text_chars=settings.max_text_chars,
-        batcher=batcher, text_cache_size=settings.text_cache_size,
+        registry, loader, batcher, max_items=settings.max_batch, max_text_chars=settings.max_text_chars,
+        text_cache_size=settings.text_cache_size,
     )
     # Migrations run here, before the first request; the indexes load or rebuild from the database.
     store = await run_blocking(open_store, settings)
