@@ -13,10 +13,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,37 +25,12 @@ from app.errors import ImageLoadError
 from app.fetch import UrlFetcher
 from app.imaging import decode_image, image_format
 from app.ingest.sources import Rejected, SourceItem
+from app.ingest.writer import BatchObserver, IngestSummary, Progress, commit_batch, image_row, unchanged_uris
 from index.crud import NewImage
-from index.errors import MissingVectorError
 from index.store import CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_SECONDS = 60.0
-
-
-@dataclass
-class IngestSummary:
-    added: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def processed(self) -> int:
-        return self.added + self.unchanged + self.duplicates + len(self.failed)
-
-    def to_dict(self) -> dict[str, Any]:
-        rate = self.added / self.seconds if self.seconds else 0.0
-        return {
-            "added": self.added,
-            "unchanged": self.unchanged,
-            "duplicates": self.duplicates,
-            "failed": len(self.failed),
-            "failures": [{"uri": uri, "reason": reason} for uri, reason in self.failed],
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(rate, 2),
-        }
 
 
 @dataclass
@@ -76,15 +50,52 @@ class _Unchanged:
 
 
 Outcome = _Prepared | _Unchanged | Rejected
-Progress = Callable[[IngestSummary], None]
-# Called after each committed batch with (collection, items stored or matched to stored content, failures).
-BatchObserver = Callable[[str, int, int], None]
 
 
 def _done(value: Outcome) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
+
+
+class Preparer:
+    """Read, decode and PE-preprocess one item: the steps any engine runs where the bytes are."""
+
+    def __init__(self, *, encoder: PEEncoder, fetcher: UrlFetcher) -> None:
+        self.encoder = encoder
+        self.fetcher = fetcher
+
+    def prepare(self, item: SourceItem) -> _Prepared | Rejected:
+        return self._prepare(item)
+
+    def _prepare(self, item: SourceItem) -> _Prepared | Rejected:
+        try:
+            data = self._read(item)
+            image = decode_image(data)
+            return _Prepared(
+                item=item,
+                sha256=hashlib.sha256(data).hexdigest(),
+                width=image.width,
+                height=image.height,
+                format=image_format(data),
+                byte_size=len(data),
+                pixels=self.encoder.transform(image),
+            )
+        except ImageLoadError as exc:
+            return Rejected(item.uri, exc.cause)
+        except OSError as exc:
+            return Rejected(item.uri, f"cannot read the file ({exc.strerror or exc})")
+        except Exception as exc:  # noqa: BLE001 - one bad item must never stop the run
+            log.exception("Unexpected failure preparing %s", item.uri)
+            return Rejected(item.uri, f"unexpected error: {type(exc).__name__}")
+
+    def _read(self, item: SourceItem) -> bytes:
+        if item.data is not None:
+            return item.data
+        if item.url is not None:
+            return self.fetcher.fetch(item.url)
+        assert item.path is not None
+        return item.path.read_bytes()
 
 
 class Ingestor:
@@ -101,6 +112,7 @@ class Ingestor:
         self.store = store
         self.encoder = encoder
         self.fetcher = fetcher
+        self.preparer = Preparer(encoder=encoder, fetcher=fetcher)
         self.batch_size = batch_size
         self.workers = workers
         self.on_batch = on_batch
@@ -150,82 +162,32 @@ class Ingestor:
             pending: deque[Future] = deque()
             for chunk in _chunks(items, 256):
                 for entry in self._skip_unchanged(chunk, collection_id):
-                    pending.append(pool.submit(self._prepare, entry) if isinstance(entry, SourceItem) else _done(entry))
+                    pending.append(pool.submit(self.preparer.prepare, entry) if isinstance(entry, SourceItem) else _done(entry))
                     while len(pending) > ahead:
                         yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
 
     def _skip_unchanged(self, chunk: list[SourceItem | Rejected], collection_id: int) -> list[SourceItem | Outcome]:
-        uris = [entry.uri for entry in chunk if isinstance(entry, SourceItem) and entry.data is None]
-        known = self.store.known_sources(collection_id, uris) if uris else {}
-        out: list[SourceItem | Outcome] = []
-        for entry in chunk:
-            seen = known.get(entry.uri) if isinstance(entry, SourceItem) else None
-            # A URL is taken as immutable; a file as unchanged while its size and mtime are.
-            if seen is not None and (entry.url is not None or (seen[0], seen[1]) == (entry.size, entry.mtime)):
-                out.append(_Unchanged(entry))
-            else:
-                out.append(entry)
-        return out
-
-    def _prepare(self, item: SourceItem) -> _Prepared | Rejected:
-        try:
-            data = self._read(item)
-            image = decode_image(data)
-            return _Prepared(
-                item=item,
-                sha256=hashlib.sha256(data).hexdigest(),
-                width=image.width,
-                height=image.height,
-                format=image_format(data),
-                byte_size=len(data),
-                pixels=self.encoder.transform(image),
-            )
-        except ImageLoadError as exc:
-            return Rejected(item.uri, exc.cause)
-        except OSError as exc:
-            return Rejected(item.uri, f"cannot read the file ({exc.strerror or exc})")
-        except Exception as exc:  # noqa: BLE001 - one bad item must never stop the run
-            log.exception("Unexpected failure preparing %s", item.uri)
-            return Rejected(item.uri, f"unexpected error: {type(exc).__name__}")
-
-    def _read(self, item: SourceItem) -> bytes:
-        if item.data is not None:
-            return item.data
-        if item.url is not None:
-            return self.fetcher.fetch(item.url)
-        assert item.path is not None
-        return item.path.read_bytes()
+        unchanged = unchanged_uris(self.store, collection_id=collection_id, entries=chunk)
+        return [_Unchanged(e) if isinstance(e, SourceItem) and e.uri in unchanged else e for e in chunk]
 
     def _write(self, info: CollectionInfo, batch: list[_Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
         if not batch and not rejected:
             return
-        collection_id = info.id
-        vectors = self._embed(self._unstored(collection_id, batch))
-        failures = [(r.uri, r.reason) for r in rejected]
-        try:
-            results = self.store.add_images(collection_id, self._rows(batch, vectors), failures)
-        except MissingVectorError as exc:
-            # Content deleted between the embedding and the commit: embed it too, and commit again.
-            vectors.update(self._embed({p.sha256: p.pixels for p in batch if p.sha256 in set(exc.shas)}))
-            results = self.store.add_images(collection_id, self._rows(batch, vectors), failures)
-        for _, created in results:
-            if created:
-                summary.added += 1
-            else:
-                summary.duplicates += 1
-        summary.failed.extend(failures)
-        if self.on_batch is not None:
-            self.on_batch(info.name, len(results), len(failures))
+        vectors = self._embed(self._unstored(info.id, batch))
+        commit_batch(
+            self.store, info=info, rows=self._rows(batch, vectors), failures=[(r.uri, r.reason) for r in rejected],
+            summary=summary, on_batch=self.on_batch,
+            embed_missing=lambda shas: self._embed({p.sha256: p.pixels for p in batch if p.sha256 in set(shas)}),
+        )
 
     @staticmethod
     def _rows(batch: list[_Prepared], vectors: dict[str, np.ndarray]) -> list[NewImage]:
         return [
-            NewImage(
-                sha256=p.sha256, uri=p.item.uri, width=p.width, height=p.height, format=p.format,
-                byte_size=p.byte_size, vector=vectors.get(p.sha256), meta=p.item.metadata,
-                root=str(p.item.root) if p.item.root else None, size=p.item.size, mtime=p.item.mtime,
+            image_row(
+                p.item, sha256=p.sha256, width=p.width, height=p.height, format=p.format, byte_size=p.byte_size,
+                vector=vectors.get(p.sha256),
             )
             for p in batch
         ]
