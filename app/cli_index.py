@@ -28,11 +28,31 @@ def _print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _ingestor(args: argparse.Namespace, settings: Settings, store):  # noqa: ANN001, ANN202 - VectorStore; Ingestor or RayIngestor
+    """The local engine (threads and one model here) or the Ray engine (a pool of encoder actors)."""
+    batch_size = args.batch_size or settings.ingest_batch
+    if args.engine == "ray":
+        from app.ingest.ray_engine import RayIngestor, RayOptions
+
+        options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
+        model = args.model or store.model_of(args.collection) or settings.model
+        return RayIngestor(
+            store=store, settings=settings, model=model, batch_size=batch_size, options=options,
+            show_progress=not args.quiet,
+        )
+    from app.fetch import UrlFetcher
+    from app.ingest.pipeline import Ingestor
+
+    encoder = load_encoder(settings, args.model or store.model_of(args.collection))
+    return Ingestor(
+        store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()), batch_size=batch_size,
+        workers=settings.ingest_workers,
+    )
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from app.fetch import UrlFetcher
-    from app.ingest.pipeline import Ingestor
     from app.ingest.sources import count_folder, folder_items, manifest_items, url_list_items
 
     if sum(x is not None for x in (args.source, args.manifest, args.urls)) != 1:
@@ -45,11 +65,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     else:
         items, total = url_list_items(Path(args.urls)), None
     store = _store(settings)
-    encoder = load_encoder(settings, args.model or store.model_of(args.collection))
-    ingestor = Ingestor(
-        store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()),
-        batch_size=args.batch_size or settings.ingest_batch, workers=settings.ingest_workers,
-    )
+    ingestor = _ingestor(args, settings, store)
     with tqdm(total=total, unit="img", disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True) as bar:
 
         def progress(summary) -> None:  # noqa: ANN001 - IngestSummary
@@ -160,13 +176,21 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentParser) -> None:
     ingest = sub.add_parser("ingest", parents=[model_opts], help="embed and index a folder, a URL list or a manifest")
     ingest.add_argument("source", nargs="?", help="a folder of images (recursive)")
-    ingest.add_argument("--manifest", help="CSV or JSONL with a path/url column; other columns become metadata")
+    ingest.add_argument("--manifest", help="CSV, JSONL or Parquet with a path/url column; other columns become metadata")
     ingest.add_argument("--urls", help="a text file of image URLs, one a line")
     ingest.add_argument("--column", help="the manifest's path/URL column (default: path, url, uri...)")
     ingest.add_argument("--collection", default="default")
     ingest.add_argument("--batch-size", type=int)
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ingest.add_argument(
+        "--engine", choices=["local", "ray"], default="local",
+        help="local: decode threads and one model in this process; ray: Ray Data over a pool of encoder actors "
+        "(pip install 'pe-search[ray]')",
+    )
+    ingest.add_argument("--ray-address", help="the Ray cluster to use, e.g. HEAD:6379 (default: start a local Ray instance)")
+    ingest.add_argument("--ray-actors", type=int, help="encoder actors (default: one per GPU, else one per --ray-cpus-per-actor CPUs)")
+    ingest.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per CPU actor")
     ingest.set_defaults(func=cmd_ingest)
 
     search = sub.add_parser("search", parents=[model_opts], help="search a collection by text, image or id")

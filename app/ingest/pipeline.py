@@ -25,7 +25,7 @@ from app.errors import ImageLoadError
 from app.fetch import UrlFetcher
 from app.imaging import decode_image, image_format
 from app.ingest.sources import Rejected, SourceItem
-from app.ingest.writer import BatchObserver, IngestSummary, Progress, commit_batch, image_row, unchanged_uris
+from app.ingest.writer import BatchObserver, IngestSummary, Progress, chunks, commit_batch, image_row, unchanged_uris
 from index.crud import NewImage
 from index.store import CollectionInfo, VectorStore
 
@@ -160,7 +160,7 @@ class Ingestor:
         ahead = 2 * self.batch_size
         with ThreadPoolExecutor(self.workers, thread_name_prefix="pe-decode") as pool:
             pending: deque[Future] = deque()
-            for chunk in _chunks(items, 256):
+            for chunk in chunks(items, 256):
                 for entry in self._skip_unchanged(chunk, collection_id):
                     pending.append(pool.submit(self.preparer.prepare, entry) if isinstance(entry, SourceItem) else _done(entry))
                     while len(pending) > ahead:
@@ -205,15 +205,3 @@ class Ingestor:
         if not pixels:
             return {}
         return dict(zip(pixels, self.encoder.embed_pixels(list(pixels.values()))))
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-

@@ -85,12 +85,16 @@ def url_list_items(path: Path) -> Iterator[SourceItem | Rejected]:
 def manifest_items(
     path: Path, column: str | None = None, allowed_roots: tuple[Path, ...] | None = None
 ) -> Iterator[SourceItem | Rejected]:
-    """A CSV (header row) or JSONL manifest: a path/URL column, every other column is metadata.
+    """A CSV (header row), JSONL or Parquet manifest: a path/URL column, every other column is metadata.
 
     Relative paths are taken from the manifest's folder, which is also their root. With
     `allowed_roots` (server-side jobs), files elsewhere are refused.
     """
-    rows = _jsonl_rows(path) if path.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        rows = _parquet_rows(path)
+    else:
+        rows = _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _csv_rows(path)
     root = path.resolve().parent
     for number, row in rows:
         if isinstance(row, Rejected):
@@ -140,3 +144,37 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Rejected]]:
             yield number, Rejected(f"{path}:{number}", f"line {number} is not valid JSON")
             continue
         yield number, row if isinstance(row, dict) else Rejected(f"{path}:{number}", f"line {number} is not an object")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows numbered from 1, read a record batch at a time so a large file never sits in memory whole."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SourceError(
+            f"{path}: reading Parquet needs pyarrow; install it with pip install 'pe-search[ray]' (or pyarrow)"
+        ) from None
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        number = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                yield number, {key: _plain(value) for key, value in row.items()}
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
+        raise SourceError(f"cannot read {path} as Parquet: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """A Parquet cell as JSON metadata: dates and other typed values as text, NaN as null."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

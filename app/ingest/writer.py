@@ -6,7 +6,7 @@ what reaches the store, and the summary a run reports, must not depend on the en
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -104,3 +104,15 @@ def commit_batch(
     summary.failed.extend(failures)
     if on_batch is not None:
         on_batch(info.name, len(results), len(failures))
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to `size` items, so a source of any length is checked against the store a chunk at a time."""
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

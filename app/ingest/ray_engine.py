@@ -1,0 +1,256 @@
+"""The Ray engine: Ray Data streams items through a pool of encoder actors; this process skips and commits.
+
+The driver (the process running `pe-search ingest --engine ray`) lists the source, skips
+unchanged files against the store, and commits each batch of results through the same
+writer as the local engine, so the store ends up the same. Each actor loads one PEEncoder
+once, then reads, decodes, preprocesses (the local engine's Preparer) and embeds batches of
+items: only sha256, sizes, format and a vector (or a failure reason) travel back.
+
+Ray is imported only inside the functions that need it: `EmbedActor` itself runs without
+Ray, so the local test suite and the local engine never require it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import PESearchError
+from app.ingest.sources import Rejected, SourceItem
+from app.ingest.writer import BatchObserver, IngestSummary, Progress, chunks, commit_batch, image_row, unchanged_uris
+from app.settings import Settings
+from app.variants import get_variant
+from index.store import CollectionInfo, VectorStore
+
+log = logging.getLogger(__name__)
+CHECKPOINT_EVERY_SECONDS = 60.0
+_SKIP_CHUNK = 1024
+
+
+class RayUnavailableError(PESearchError):
+    def __init__(self) -> None:
+        super().__init__("the Ray engine needs Ray: pip install 'pe-search[ray]'")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None
+    # Encoder actors; default: one per GPU of the cluster, else one per `cpus_per_actor` CPUs.
+    actors: int | None = None
+    # CPUs reserved by each CPU actor; Ray gives its torch as many threads (OMP_NUM_THREADS).
+    cpus_per_actor: float = 1.0
+    # Decode threads inside each actor, ahead of its forward pass.
+    decode_threads: int = 2
+
+
+class EmbedActor:
+    """One actor of the pool: a PEEncoder loaded once, then batches of items read, decoded and embedded.
+
+    Settings travel in explicitly (an actor is another process, maybe on another machine):
+    weights source, device, cache dir and URL policy are the driver's.
+    """
+
+    def __init__(self, *, settings: Settings, model: str, decode_threads: int = 2) -> None:
+        from app.fetch import UrlFetcher
+        from app.ingest.pipeline import Preparer
+        from app.registry import ModelRegistry
+
+        self.encoder = ModelRegistry(settings).get(model)
+        self.preparer = Preparer(encoder=self.encoder, fetcher=UrlFetcher(settings.url_policy()))
+        self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="pe-ray-decode")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = [
+            SourceItem(uri=str(uri), path=Path(path) if path else None, url=str(url) if url else None)
+            for uri, path, url in zip(batch["uri"], batch["path"], batch["url"])
+        ]
+        outcomes = list(self.pool.map(self.preparer.prepare, items))
+        # Content repeated within the batch goes through the model once.
+        pixels = {o.sha256: o.pixels for o in outcomes if not isinstance(o, Rejected)}
+        vectors = dict(zip(pixels, self.encoder.embed_pixels(list(pixels.values()))))
+        blank = np.zeros(self.encoder.variant.dim, dtype=np.float32)
+        return {
+            "n": np.asarray(batch["n"]),
+            "error": np.array([o.reason if isinstance(o, Rejected) else "" for o in outcomes], dtype=object),
+            "sha256": np.array([getattr(o, "sha256", "") for o in outcomes], dtype=object),
+            "width": np.array([getattr(o, "width", 0) for o in outcomes], dtype=np.int64),
+            "height": np.array([getattr(o, "height", 0) for o in outcomes], dtype=np.int64),
+            "format": np.array([getattr(o, "format", None) or "" for o in outcomes], dtype=object),
+            "byte_size": np.array([getattr(o, "byte_size", 0) for o in outcomes], dtype=np.int64),
+            "vector": np.stack(
+                [blank if isinstance(o, Rejected) else vectors[o.sha256] for o in outcomes]
+            ).astype(np.float32, copy=False),
+        }
+
+
+def connect(address: str | None = None, **local_options: Any) -> bool:
+    """Join the cluster at `address`, or start a local Ray instance; False if this process was already connected.
+
+    `local_options` (num_cpus, object_store_memory...) apply only to a local start.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailableError() from None
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home, and no network needed
+    options = {} if address else local_options
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **options)
+    return True
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+class RayIngestor:
+    """Same contract as the local Ingestor: items in, the store written, an IngestSummary out."""
+
+    def __init__(
+        self,
+        *,
+        store: VectorStore,
+        settings: Settings,
+        model: str,
+        batch_size: int = 32,
+        options: RayOptions | None = None,
+        on_batch: BatchObserver | None = None,
+        show_progress: bool = False,
+    ) -> None:
+        if importlib.util.find_spec("ray") is None:
+            raise RayUnavailableError()
+        self.store = store
+        self.settings = settings
+        self.variant = get_variant(model)
+        self.batch_size = batch_size
+        self.options = options or RayOptions()
+        self.on_batch = on_batch
+        self.show_progress = show_progress
+
+    def run(self, items: Iterable[SourceItem | Rejected], *, collection: str, progress: Progress | None = None) -> IngestSummary:
+        connect(self.options.address)
+        info = self.store.ensure_collection(collection, model=self.variant.version_id, dim=self.variant.dim)
+        summary = IngestSummary()
+        started = time.monotonic()
+
+        def report() -> None:
+            summary.seconds = time.monotonic() - started
+            if progress:
+                progress(summary)
+
+        todo = self._to_read(items, info, summary, report)
+        if todo:
+            last_checkpoint = time.monotonic()
+            for results in self._embedded(todo):
+                self._commit(info, todo, results, summary)
+                report()
+                if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_SECONDS:
+                    self.store.checkpoint(collection)
+                    last_checkpoint = time.monotonic()
+        self.store.checkpoint(collection)
+        report()
+        return summary
+
+    def _to_read(
+        self, items: Iterable[SourceItem | Rejected], info: CollectionInfo, summary: IngestSummary, report: Callable[[], None]
+    ) -> list[SourceItem]:
+        """The items the actors must read; unchanged ones are counted and refused ones committed on the way."""
+        todo: list[SourceItem] = []
+        for chunk in chunks(items, _SKIP_CHUNK):
+            unchanged = unchanged_uris(self.store, collection_id=info.id, entries=chunk)
+            rejected = []
+            for entry in chunk:
+                if isinstance(entry, Rejected):
+                    rejected.append((entry.uri, entry.reason))
+                elif entry.uri in unchanged:
+                    summary.unchanged += 1
+                elif entry.data is not None:
+                    raise ValueError("the Ray engine reads files and URLs; in-memory items go through the local engine")
+                else:
+                    todo.append(entry)
+            commit_batch(self.store, info=info, rows=[], failures=rejected, summary=summary, on_batch=self.on_batch)
+            report()
+        return todo
+
+    def _embedded(self, todo: list[SourceItem]) -> Iterator[dict[str, np.ndarray]]:
+        """Result batches in input order, as the actor pool produces them."""
+        import ray
+        from ray.data import ActorPoolStrategy
+
+        gpus = cluster_gpus()
+        blocks = max(1, math.ceil(len(todo) / self.batch_size))
+        default = gpus or max(1, int(ray.cluster_resources().get("CPU", 1) // self.options.cpus_per_actor))
+        # Never more actors than batches: each one is a process and a model load.
+        actors = min(self.options.actors or default, blocks)
+        rows = [
+            {"n": n, "uri": item.uri, "path": str(item.path) if item.path else "", "url": item.url or ""}
+            for n, item in enumerate(todo)
+        ]
+        with _data_context(preserve_order=True, progress_bars=self.show_progress):
+            dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+            dataset = dataset.map_batches(
+                EmbedActor,
+                fn_constructor_kwargs={
+                    "settings": _for_workers(self.settings), "model": self.variant.version_id,
+                    "decode_threads": self.options.decode_threads,
+                },
+                batch_size=self.batch_size,
+                batch_format="numpy",
+                compute=ActorPoolStrategy(size=actors),
+                # GPU actors where the cluster has GPUs; else CPU actors sized by cpus_per_actor.
+                num_gpus=1 if gpus else None,
+                num_cpus=None if gpus else self.options.cpus_per_actor,
+                udf_modifying_row_count=False,
+            )
+        log.info("Ray ingest: %d items over %d %s actors", len(rows), actors, "GPU" if gpus else "CPU")
+        yield from dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2)
+
+    def _commit(self, info: CollectionInfo, todo: list[SourceItem], results: dict[str, np.ndarray], summary: IngestSummary) -> None:
+        rows, failures = [], []
+        for i, n in enumerate(results["n"]):
+            item = todo[int(n)]
+            if results["error"][i]:
+                failures.append((item.uri, str(results["error"][i])))
+                continue
+            rows.append(image_row(
+                item, sha256=str(results["sha256"][i]), width=int(results["width"][i]), height=int(results["height"][i]),
+                format=str(results["format"][i]) or None, byte_size=int(results["byte_size"][i]),
+                vector=np.array(results["vector"][i], dtype=np.float32),
+            ))
+        commit_batch(self.store, info=info, rows=rows, failures=failures, summary=summary, on_batch=self.on_batch)
+
+
+def _for_workers(settings: Settings) -> Settings:
+    """The driver's settings without its API keys: actors need the model and fetch rules, not secrets."""
+    return settings.model_copy(update={"api_keys": "", "read_api_keys": "", "api_keys_file": None})
+
+
+@contextlib.contextmanager
+def _data_context(*, preserve_order: bool, progress_bars: bool) -> Iterator[None]:
+    """Ray Data options for the datasets built inside; each dataset keeps a copy, the process default is restored."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+    # In order, so duplicates resolve to the same first uri and ids come out as in the local engine.
+    context.execution_options.preserve_order = preserve_order
+    context.enable_progress_bars = progress_bars
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
+

@@ -1,0 +1,264 @@
+"""The Ray engine on a real local Ray instance: the same store as the local engine, from every kind of source.
+
+One Ray instance serves the module (2 CPUs, a small object store); each run starts its own
+pool of encoder actors (the real PE-Core architecture, random weights), as a user's run does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from app.cli import main as cli_main
+from app.encoder import PEEncoder
+from app.fetch import UrlFetcher
+from app.imaging import decode_image
+from app.ingest.pipeline import Ingestor
+from app.ingest.ray_engine import RayIngestor, RayOptions, connect
+from app.ingest.sources import SourceError, folder_items, manifest_items
+from app.settings import Settings
+from index.db import create_db_engine
+from index.models import Image, Source
+from index.store import VectorStore
+from tests.conftest import TEST_MODEL
+from tests.images import encode, photo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    if os.environ.get("CI"):
+        import ray  # the dev extra installs Ray: in CI a missing Ray is a failure, not a skip
+    else:
+        ray = pytest.importorskip("ray")
+    started = connect(None, num_cpus=2, object_store_memory=300 * 1024**2)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+def make_photos(root: Path) -> list[Path]:
+    """10 distinct JPEG and PNG photos in nested folders, a byte-identical copy of one, and a broken JPEG."""
+    paths = []
+    for i in range(10):
+        fmt, ext = ("PNG", "png") if i % 3 == 0 else ("JPEG", "jpg")
+        path = root / ("a/b" if i % 2 else "") / f"photo{i}.{ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(photo(160 + 8 * i, 120, seed=700 + i), fmt))
+        paths.append(path)
+    shutil.copy(paths[4], root / "z_copy_of_photo4.jpg")
+    (root / "broken.jpg").write_bytes(encode(photo(160, 120, seed=1), "JPEG")[:300])
+    return paths
+
+
+def open_store(root: Path) -> VectorStore:
+    root.mkdir(parents=True, exist_ok=True)
+    return VectorStore(engine=create_db_engine(f"sqlite:///{root / 'meta.db'}"), index_dir=root / "indexes").open()
+
+
+def local_run(store: VectorStore, encoder: PEEncoder, settings: Settings, items, collection: str = "c"):  # noqa: ANN001, ANN201
+    ingestor = Ingestor(store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()), batch_size=4, workers=2)
+    return ingestor.run(items, collection=collection)
+
+
+def ray_run(store: VectorStore, settings: Settings, items, collection: str = "c", actors: int | None = None):  # noqa: ANN001, ANN201
+    ingestor = RayIngestor(store=store, settings=settings, model=TEST_MODEL, batch_size=4, options=RayOptions(actors=actors))
+    return ingestor.run(items, collection=collection)
+
+
+def contents(store: VectorStore, collection: str = "c") -> dict:
+    """Everything a user sees of a collection, keyed by content and uri (not by database id)."""
+    info = store.collection(collection)
+    with store.sessions() as session:
+        images = session.scalars(select(Image).where(Image.collection_id == info.id)).all()
+        sources = session.scalars(select(Source).where(Source.collection_id == info.id)).all()
+        sha_of = {image.id: image.sha256 for image in images}
+        return {
+            "images": {i.sha256: (i.uri, i.width, i.height, i.format, i.byte_size, i.meta) for i in images},
+            "sources": {s.uri: (sha_of[s.image_id], s.size, s.mtime, s.root) for s in sources},
+            "vectors": {i.sha256: np.frombuffer(i.vector, dtype=np.float32) for i in images},
+            "failures": sorted(store.failures(info.id)),
+            "info": (info.model, info.dim, info.count, info.indexed),
+        }
+
+
+def without_timing(summary) -> dict:  # noqa: ANN001 - IngestSummary
+    result = summary.to_dict()
+    del result["seconds"], result["images_per_second"]
+    return result
+
+
+def ranked(store: VectorStore, query: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
+    info = store.collection("c")
+    hits = store.search(info.id, query, k)
+    images = store.images([h.id for h in hits])
+    return [(images[h.id].uri, h.score) for h in hits]
+
+
+def test_ray_engine_stores_what_the_local_engine_stores(
+    tmp_path: Path, ray_address: str, encoder: PEEncoder, settings: Settings
+) -> None:
+    paths = make_photos(tmp_path / "photos")
+    local, distributed = open_store(tmp_path / "local"), open_store(tmp_path / "ray")
+    local_summary = local_run(local, encoder, settings, folder_items(tmp_path / "photos"))
+    ray_summary = ray_run(distributed, settings, folder_items(tmp_path / "photos"))
+
+    assert without_timing(ray_summary) == without_timing(local_summary)
+    assert (ray_summary.added, ray_summary.duplicates, ray_summary.unchanged) == (10, 1, 0)
+    assert [uri for uri, _ in ray_summary.failed] == [str((tmp_path / "photos" / "broken.jpg").resolve())]
+
+    expected, got = contents(local), contents(distributed)
+    assert got["info"] == expected["info"] == (TEST_MODEL, 512, 10, 10)
+    assert got["images"] == expected["images"]
+    assert got["sources"] == expected["sources"] and len(got["sources"]) == 11
+    assert got["failures"] == expected["failures"]
+    for sha, vector in expected["vectors"].items():
+        np.testing.assert_allclose(got["vectors"][sha], vector, atol=1e-5)
+
+    # The same answers to the same queries: a text, and images given as files.
+    queries = [encoder.embed_texts(["a photo of a red square"])[0]]
+    queries += list(encoder.embed_images([decode_image(p.read_bytes()) for p in paths[:3]]))
+    for query in queries:
+        want, have = ranked(local, query), ranked(distributed, query)
+        assert [uri for uri, _ in have] == [uri for uri, _ in want]
+        np.testing.assert_allclose([s for _, s in have], [s for _, s in want], atol=1e-5)
+    assert ranked(distributed, queries[1])[0] == (str(paths[0].resolve()), pytest.approx(1.0, abs=1e-4))
+
+
+def test_ray_rerun_skips_unchanged_files_and_reads_changed_ones(
+    tmp_path: Path, ray_address: str, encoder: PEEncoder, settings: Settings
+) -> None:
+    paths = make_photos(tmp_path / "photos")
+    store = open_store(tmp_path / "store")
+    local_run(store, encoder, settings, folder_items(tmp_path / "photos"))  # either engine skips what the other stored
+    old_sha = contents(store)["sources"][str(paths[1].resolve())][0]
+    paths[1].write_bytes(encode(photo(300, 200, seed=999), "JPEG"))
+    os.utime(paths[1], (1_700_000_000, 1_700_000_000))
+    (tmp_path / "photos" / "new.png").write_bytes(encode(photo(150, 150, seed=998), "PNG"))
+
+    summary = ray_run(store, settings, folder_items(tmp_path / "photos"), actors=1)
+
+    assert (summary.added, summary.unchanged, summary.duplicates) == (2, 10, 0)
+    assert [uri for uri, _ in summary.failed] == [str((tmp_path / "photos" / "broken.jpg").resolve())]
+    after = contents(store)
+    new_sha = after["sources"][str(paths[1].resolve())][0]
+    assert new_sha != old_sha and old_sha not in after["images"]  # changed in place: the old content is gone
+    assert after["info"][2:] == (11, 11)
+    query = encoder.embed_images([decode_image(paths[1].read_bytes())])[0]
+    assert ranked(store, query)[0] == (str(paths[1].resolve()), pytest.approx(1.0, abs=1e-4))
+
+    # What the Ray engine stored is recognised as unchanged too (with nothing to read, no actor starts).
+    (tmp_path / "photos" / "broken.jpg").unlink()
+    again = ray_run(store, settings, folder_items(tmp_path / "photos"))
+    assert (again.added, again.unchanged, again.failed) == (0, 12, [])
+
+
+def test_parquet_manifest_with_metadata_and_the_url_policy_in_the_actors(
+    tmp_path: Path, ray_address: str, encoder: PEEncoder, settings: Settings
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = make_photos(tmp_path / "photos")
+    rows = [str(p.relative_to(tmp_path)) for p in paths[:4]] + ["photos/missing.jpg", "http://localhost:9/never.jpg"]
+    table = pa.table({
+        "path": rows,
+        "label": ["cat", "dog", "cat", "bird", "none", "url"],
+        "score": [0.5, float("nan"), 2.0, 3.5, 0.0, 1.0],
+        "rank": [1, 2, 3, 4, 5, 6],
+    })
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    # Private and loopback hosts refused, as a server's default: the actors must apply the driver's policy.
+    strict = settings.model_copy(update={"url_allow_private_hosts": False})
+
+    local, distributed = open_store(tmp_path / "local"), open_store(tmp_path / "ray")
+    local_summary = local_run(local, encoder, strict, manifest_items(tmp_path / "manifest.parquet"))
+    ray_summary = ray_run(distributed, strict, manifest_items(tmp_path / "manifest.parquet"), actors=1)
+
+    assert without_timing(ray_summary) == without_timing(local_summary)
+    assert ray_summary.added == 4
+    failed = dict(ray_summary.failed)
+    assert "private, loopback or reserved" in failed["http://localhost:9/never.jpg"]
+    assert "No such file" in failed[str((tmp_path / "photos" / "missing.jpg").resolve())]
+    got = contents(distributed)
+    assert got["images"] == contents(local)["images"]
+    metas = {uri: meta for uri, *_, meta in got["images"].values()}
+    assert metas[str(paths[1].resolve())] == {"label": "dog", "score": None, "rank": 2}
+    assert metas[str(paths[3].resolve())] == {"label": "bird", "score": 3.5, "rank": 4}
+
+
+@pytest.fixture()
+def web_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A loopback HTTP server over a folder of photos."""
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "remote.jpg").write_bytes(encode(photo(200, 160, seed=555), "JPEG"))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "web")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", tmp_path / "web"
+    finally:
+        httpd.shutdown()
+
+
+def test_cli_ingests_a_manifest_through_ray(
+    tmp_path: Path, ray_address: str, encoder: PEEncoder, web_folder: tuple[str, Path]
+) -> None:
+    base, web = web_folder
+    paths = make_photos(tmp_path / "photos")
+    lines = ["path,label"] + [f"{p},local{i}" for i, p in enumerate(paths[:5])] + [f"{base}/remote.jpg,web", f"{base}/gone.jpg,web"]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    env = {
+        **os.environ, "PE_SEARCH_DATA_DIR": str(tmp_path / "data"), "PE_SEARCH_WEIGHTS": "random",
+        "PE_SEARCH_MODEL": TEST_MODEL, "PE_SEARCH_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
+        "PE_SEARCH_URL_ALLOW_HTTP": "true", "PE_SEARCH_URL_ALLOW_IP_HOSTS": "true", "PE_SEARCH_URL_ALLOW_PRIVATE_HOSTS": "true",
+    }
+    command = [
+        sys.executable, "-m", "app.cli", "ingest", "--manifest", str(tmp_path / "manifest.csv"), "--collection", "m",
+        "--engine", "ray", "--ray-address", ray_address, "--ray-actors", "1", "--batch-size", "4", "--json", "--quiet",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert (summary["added"], summary["duplicates"], summary["failed"]) == (6, 0, 1)
+    assert "HTTP 404" in summary["failures"][0]["reason"] and summary["failures"][0]["uri"].endswith("/gone.jpg")
+
+    store = VectorStore(
+        engine=create_db_engine(f"sqlite:///{tmp_path / 'data' / 'pe-search.db'}"), index_dir=tmp_path / "data" / "indexes"
+    ).open()
+    got = contents(store, "m")
+    assert got["info"] == (TEST_MODEL, 512, 6, 6)
+    metas = {uri: meta for uri, *_, meta in got["images"].values()}
+    assert metas[f"{base}/remote.jpg"] == {"label": "web"} and metas[str(paths[2].resolve())] == {"label": "local2"}
+    for uri, path in ((str(paths[2].resolve()), paths[2]), (f"{base}/remote.jpg", web / "remote.jpg")):
+        query = encoder.embed_images([decode_image(path.read_bytes())])[0]
+        top = store.search(store.collection("m").id, query, 1)[0]
+        assert (store.image(top.id).uri, top.score) == (uri, pytest.approx(1.0, abs=1e-4))
+    store.engine.dispose()
+
+
+def test_without_ray_or_pyarrow_the_errors_say_what_to_install(tmp_path: Path, monkeypatch, capsys) -> None:
+    # As on an install without the extra: the imports fail (sys.modules entries of None block them).
+    for name in ("ray", "pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, name, None)
+    (tmp_path / "manifest.parquet").write_bytes(b"PAR1")
+    with pytest.raises(SourceError, match=r"reading Parquet needs pyarrow; install it with pip install 'pe-search\[ray\]'"):
+        list(manifest_items(tmp_path / "manifest.parquet"))
+
+    make_photos(tmp_path / "photos")
+    monkeypatch.setenv("PE_SEARCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PE_SEARCH_WEIGHTS", "random")
+    code = cli_main(["ingest", str(tmp_path / "photos"), "--engine", "ray", "--quiet"])
+    assert code == 2 and "the Ray engine needs Ray: pip install 'pe-search[ray]'" in capsys.readouterr().err
