@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +26,18 @@ _ORIENTATION_FIX = {
 }
 
 
+_SWAPS_AXES = {5, 6, 7, 8}
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image, and the upright size of the full image (larger when decoded at reduced scale)."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
 def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode any format Pillow reads into RGB, EXIF orientation applied, first frame only.
 
@@ -32,6 +45,13 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     `convert("RGB")` do, so embeddings match theirs for the same file. Images over
     `max_pixels` (default: Pillow's MAX_IMAGE_PIXELS) are refused before decoding.
     """
+    return decode_reduced(data, max_pixels, min_side=None).image
+
+
+def decode_reduced(data: bytes, max_pixels: int | None = None, *, min_side: int | None) -> Decoded:
+    """Like decode_image, but a JPEG much larger than `min_side` is decoded at 1/2, 1/4 or 1/8
+    scale in libjpeg's DCT (draft mode), each side staying >= min_side: several times faster for
+    photos far larger than the model's input, at a small, measured cost in embedding cosine."""
     if not data:
         raise ImageLoadError("the image is empty (0 bytes)")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
@@ -44,8 +64,16 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
                 f"the image is too large to decode safely ({image.width}x{image.height} pixels, limit {limit})"
             )
         image.seek(0)
+        width, height = image.size
+        if min_side and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
         image.load()
-        return to_rgb(_upright(image))
+        # Read after load: some formats (TIFF) only have their tags then.
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        orientation = orientation if isinstance(orientation, int) else 1
+        if orientation in _SWAPS_AXES:
+            width, height = height, width
+        return Decoded(to_rgb(_upright(image, orientation)), width, height)
     except ImageLoadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
@@ -61,13 +89,13 @@ def _reason(exc: Exception) -> str:
     return f"the image is too large to decode safely ({exc})"
 
 
-def _upright(image: Image.Image) -> Image.Image:
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
     """Apply the EXIF orientation.
 
     Not `ImageOps.exif_transpose`: it also re-serialises the EXIF block for the output and
     raises struct.error on tags it cannot write back, failing an image that decoded fine.
     """
-    method = _ORIENTATION_FIX.get(image.getexif().get(_ORIENTATION_TAG, 1))
+    method = _ORIENTATION_FIX.get(orientation)
     return image.transpose(method) if method is not None else image
 
 

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -51,8 +50,6 @@ addition (zero-shot class probabilities).
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     if settings.random_weights:
         log.warning("PE_SEARCH_WEIGHTS=random: serving RANDOM weights; embeddings carry no meaning.")
     app_metrics: Metrics = app.state.metrics
@@ -114,7 +111,9 @@ def check_data_dir(path: Path) -> None:
 def open_store(settings: Settings) -> VectorStore:
     check_data_dir(settings.data_dir)
     engine = create_db_engine(settings.db_url)
-    return VectorStore(engine=engine, index_dir=settings.index_dir, memory_budget=settings.index_memory_budget).open()
+    return VectorStore(
+        engine=engine, index_dir=settings.index_dir, memory_budget=settings.index_memory_budget, index_mmap=settings.index_mmap
+    ).open()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -8,6 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
+import torch
+
 from app.encoder import EncoderInfo, PEEncoder
 from app.settings import Settings
 from app.variants import get_variant
@@ -27,6 +29,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self.load_error: str | None = None
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
 
     def _new_encoder(self, version_id: str) -> PEEncoder:
         return PEEncoder(
@@ -35,6 +39,9 @@ class ModelRegistry:
             device=self.settings.device,
             cache_dir=self.settings.cache_dir,
             batch_size=self.settings.inference_batch,
+            image_precision=self.settings.image_precision,
+            text_precision=self.settings.text_precision,
+            compile=self.settings.compile,
             on_forward=partial(self.on_forward, version_id) if self.on_forward else None,
         )
 

@@ -34,8 +34,13 @@ class Settings(BaseSettings):
     ingest_roots: str = ""
     ingest_batch: int = Field(default=32, ge=1, le=1024)
     ingest_workers: int = Field(default=4, ge=1, le=64)
+    # Decode JPEGs much larger than the model input at 1/2-1/8 scale (libjpeg draft mode) when ingesting.
+    ingest_jpeg_draft: bool = True
     # RAM the vector indexes may use; `auto` index choice stays within it.
     index_memory_budget: int = Field(default=8 * 1024**3, ge=1)
+    # Read index checkpoints memory-mapped: start-up does not read the file, processes share its
+    # pages; an index copies itself into memory on its first write.
+    index_mmap: bool = True
     max_top_k: int = Field(default=1000, ge=1)
     cache_dir: Path | None = None
     max_batch: int = Field(default=64, ge=1, le=4096)
@@ -49,14 +54,21 @@ class Settings(BaseSettings):
     api_keys: str = Field(default="", repr=False)
     read_api_keys: str = Field(default="", repr=False)
     api_keys_file: Path | None = None
-    # How many images or texts go through the model in one forward pass.
-    inference_batch: int = Field(default=32, ge=1, le=1024)
+    # How many images or texts go through the model in one forward pass; unset: 32 on CPU, 256 on CUDA.
+    inference_batch: int | None = Field(default=None, ge=1, le=4096)
+    # Per tower: auto takes a faster mode (bf16 with native CPU support or on CUDA, int8 on CPU) only
+    # when its embeddings of a probe set keep cosine >= 0.999 to fp32 on the loaded weights.
+    image_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    text_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    # torch.compile each tower at load (slow start, faster passes; mostly worth it on GPUs).
+    compile: bool = False
     # Concurrent requests' items merged into one forward pass, waiting at most this long for company.
     microbatch: bool = True
     microbatch_max_items: int = Field(default=32, ge=1, le=1024)
     microbatch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     text_cache_size: int = Field(default=4096, ge=0)
     max_loaded_models: int = Field(default=2, ge=1, le=5)
+    # Threads for one forward pass; 0 = PyTorch's default (one per core).
     torch_threads: int = Field(default=0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

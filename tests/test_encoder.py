@@ -59,9 +59,10 @@ def test_empty_input_gives_empty_matrix(encoder: PEEncoder) -> None:
     assert encoder.embed_texts([]).shape == (0, 512)
 
 
-def test_info_reports_model_device_dtype_and_random_weights(encoder: PEEncoder) -> None:
+def test_info_reports_model_device_precision_and_random_weights(encoder: PEEncoder) -> None:
     info = encoder.info
-    assert (info.model, info.dim, info.device, info.dtype) == (TEST_MODEL, 512, "cpu", "float32")
+    assert (info.model, info.dim, info.device) == (TEST_MODEL, 512, "cpu")
+    assert (info.image_precision, info.text_precision) == ("fp32", "fp32")
     assert info.weights == "random" and info.random_weights
 
 

@@ -650,3 +650,19 @@ def test_load_bare_hands_http_strings_to_the_fetcher(
     image = loader.load_bare(url)
     assert fetched == [url]
     assert_rgb(image, (64, 48))
+
+
+def test_large_jpeg_decodes_reduced_but_reports_full_upright_size() -> None:
+    from app.imaging import decode_reduced
+
+    data = encode(photo(2000, 1500), "JPEG")
+    decoded = decode_reduced(data, min_side=384)
+    assert (decoded.width, decoded.height) == (2000, 1500)
+    assert decoded.image.size == (1000, 750)  # libjpeg's 1/2 scale: the largest keeping each side >= 384
+    rotated = decode_reduced(encode(photo(2000, 1500), "JPEG", exif=exif_orientation(6)), min_side=384)
+    assert (rotated.width, rotated.height) == (1500, 2000) and rotated.image.size == (750, 1000)
+    assert decode_reduced(encode(photo(640, 480), "JPEG"), min_side=384).image.size == (640, 480)
+    full = decode_reduced(data, min_side=None)
+    assert full.image.size == (2000, 1500)
+    # PNG has no reduced decoding: the full image comes back.
+    assert decode_reduced(encode(photo(900, 800), "PNG"), min_side=224).image.size == (900, 800)

@@ -23,7 +23,7 @@ import torch
 from app.encoder import PEEncoder
 from app.errors import ImageLoadError
 from app.fetch import UrlFetcher
-from app.imaging import decode_image, image_format
+from app.imaging import decode_reduced, image_format
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import BatchObserver, IngestSummary, Progress, chunks, commit_batch, image_row, unchanged_uris
 from index.crud import NewImage
@@ -61,9 +61,11 @@ def _done(value: Outcome) -> Future:
 class Preparer:
     """Read, decode and PE-preprocess one item: the steps any engine runs where the bytes are."""
 
-    def __init__(self, *, encoder: PEEncoder, fetcher: UrlFetcher) -> None:
+    def __init__(self, *, encoder: PEEncoder, fetcher: UrlFetcher, jpeg_draft: bool = True) -> None:
         self.encoder = encoder
         self.fetcher = fetcher
+        # Large JPEGs decode at reduced DCT scale, never below the model's input size.
+        self.min_side = encoder.variant.image_size if jpeg_draft else None
 
     def prepare(self, item: SourceItem) -> _Prepared | Rejected:
         return self._prepare(item)
@@ -71,15 +73,15 @@ class Preparer:
     def _prepare(self, item: SourceItem) -> _Prepared | Rejected:
         try:
             data = self._read(item)
-            image = decode_image(data)
+            decoded = decode_reduced(data, min_side=self.min_side)
             return _Prepared(
                 item=item,
                 sha256=hashlib.sha256(data).hexdigest(),
-                width=image.width,
-                height=image.height,
+                width=decoded.width,
+                height=decoded.height,
                 format=image_format(data),
                 byte_size=len(data),
-                pixels=self.encoder.transform(image),
+                pixels=self.encoder.transform(decoded.image),
             )
         except ImageLoadError as exc:
             return Rejected(item.uri, exc.cause)
@@ -107,12 +109,13 @@ class Ingestor:
         fetcher: UrlFetcher,
         batch_size: int = 32,
         workers: int = 4,
+        jpeg_draft: bool = True,
         on_batch: BatchObserver | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
         self.fetcher = fetcher
-        self.preparer = Preparer(encoder=encoder, fetcher=fetcher)
+        self.preparer = Preparer(encoder=encoder, fetcher=fetcher, jpeg_draft=jpeg_draft)
         self.batch_size = batch_size
         self.workers = workers
         self.on_batch = on_batch

@@ -61,6 +61,7 @@ class IngestService:
                 fetcher=self.fetcher,
                 batch_size=self.settings.ingest_batch,
                 workers=self.settings.ingest_workers,
+                jpeg_draft=self.settings.ingest_jpeg_draft,
                 on_batch=self.on_batch,
             )
 
