@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-SCENARIOS = {"load": "bench.load", "serving": "bench.serving"}
+SCENARIOS = {"load": "bench.load", "serving": "bench.serving", "ingest": "bench.ingest", "precision": "bench.precision", "query": "bench.query", "startup": "bench.startup", "ray": "bench.ray_ingest"}
 
 
 def main() -> int:
