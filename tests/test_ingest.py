@@ -248,3 +248,20 @@ def test_reindex_with_another_model_changes_nothing_if_a_source_is_gone(tmp_path
     assert store.collection("c").model == "PE-Core-T16-384"
     for image_id, vector in before.items():
         np.testing.assert_array_equal(store.vector(image_id)[1], vector)
+
+
+def test_large_jpegs_ingest_at_reduced_scale_with_their_full_size_recorded(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
+    folder = tmp_path / "large"
+    folder.mkdir()
+    (folder / "big.jpg").write_bytes(encode(photo(1600, 1200, seed=3), "JPEG", quality=92))
+    drafted = ingestor(store, encoder).run(folder_items(folder), collection="draft")
+    full_store = open_store(tmp_path / "full")
+    Ingestor(store=full_store, encoder=encoder, fetcher=UrlFetcher(UrlPolicy()), jpeg_draft=False).run(
+        folder_items(folder), collection="full"
+    )
+    assert drafted.added == 1
+    image = store.image(1)
+    assert (image.width, image.height) == (1600, 1200)
+    # Decoded at 1/2 scale (800x600, each side >= 384), the embedding stays the full decode's.
+    cosine = float(store.vector(1)[1] @ full_store.vector(1)[1])
+    assert 0.999 < cosine < 1.0
