@@ -112,21 +112,37 @@ def read_pointer(directory: Path) -> Checkpoint | None:
         return None
 
 
-def load(directory: Path) -> tuple[VectorIndex, Checkpoint] | None:
-    """The checkpointed index, or None when it is missing or damaged (the caller rebuilds)."""
+def load(directory: Path, *, mmap: bool = False) -> tuple[VectorIndex, Checkpoint] | None:
+    """The checkpointed index, or None when it is missing or damaged (the caller rebuilds).
+
+    With mmap, the vectors, graph links or inverted lists stay in the file's pages (shared by every
+    process that maps it, read on first touch) instead of being copied in: start-up no longer reads
+    the whole file. Checkpoint files are never modified in place (each save writes a new file), so
+    the mapping stays valid; the index copies itself into memory on its first write.
+    """
     checkpoint = read_pointer(directory)
     if checkpoint is None or not checkpoint.file:
         return None
     path = directory / checkpoint.file
+    handle = None
     try:
         if path.stat().st_size != checkpoint.size:
             raise ValueError(f"size {path.stat().st_size} != recorded {checkpoint.size}")
-        raw = faiss.read_index(str(path))
+        if mmap:
+            handle = open(path, "rb")  # noqa: SIM115 - owned by the index until its first write
+            raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        else:
+            raw = faiss.read_index(str(path))
     except (OSError, RuntimeError, ValueError) as exc:
+        if handle is not None:
+            handle.close()
         log.warning("Index file %s is missing or corrupt (%s)", path, exc)
         return None
-    index = VectorIndex(IndexSpec(checkpoint.kind, checkpoint.params), checkpoint.dim, raw, set(checkpoint.hidden))
+    spec = IndexSpec(checkpoint.kind, checkpoint.params)
+    index = VectorIndex(spec, checkpoint.dim, raw, set(checkpoint.hidden), mapped=handle)
     if index.count != checkpoint.count or raw.d != checkpoint.dim:
         log.warning("Index file %s holds %d vectors, checkpoint says %d", path, index.count, checkpoint.count)
+        if handle is not None:
+            handle.close()
         return None
     return index, checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,8 @@ from index.errors import (
 )
 from index.filters import SearchFilter
 from index.models import Collection, Image, Source
-from index.vector_index import IndexSpec, VectorIndex, choose_spec
+from index.build import build_index, plan_build, training_sample
+from index.vector_index import VectorIndex, choose_spec
 
 log = logging.getLogger(__name__)
 # Below this many filter matches, an approximate index's filtered search is replaced by exact
@@ -81,8 +82,9 @@ class _Live:
 
 
 class VectorStore:
-    def __init__(self, *, engine: Engine, index_dir: Path, memory_budget: int = 8 * 1024**3) -> None:
+    def __init__(self, *, engine: Engine, index_dir: Path, memory_budget: int = 8 * 1024**3, index_mmap: bool = True) -> None:
         self.engine = engine
+        self.index_mmap = index_mmap
         self.sessions = session_factory(engine)
         self.index_dir = index_dir
         self.memory_budget = memory_budget
@@ -108,7 +110,7 @@ class VectorStore:
 
     def _load(self, collection: Collection) -> _Live:
         """The collection's checkpoint if it is of this model and generation, caught up; else a rebuild."""
-        loaded = ckpt.load(self._dir(collection.id))
+        loaded = ckpt.load(self._dir(collection.id), mmap=self.index_mmap)
         usable = loaded is not None and (loaded[1].model, loaded[1].generation) == (collection.model, collection.generation)
         if usable:
             live = _Live(*loaded)
@@ -125,11 +127,14 @@ class VectorStore:
             n = crud.count_images(session, collection_id=collection.id)
             image_max, tomb_max, _ = crud.sync_state(session, collection_id=collection.id)
             spec = choose_spec(collection.index_type, n, collection.dim, self.memory_budget, collection.index_params)
-            train = self._training_sample(session, collection.id, spec)
-            index = VectorIndex.build(spec, collection.dim, train)
-            # Bounded by the watermark read above: rows committed meanwhile are left to the next catch-up.
-            for ids, vectors in crud.iter_vectors(session, collection_id=collection.id, up_to=image_max):
-                index.add(ids, vectors)
+            # Trained on a sample sized by the memory budget, filled chunk by chunk: never all vectors at once.
+            plan = plan_build(spec, n, collection.dim, self.memory_budget)
+            index = build_index(
+                spec, collection.dim, plan=plan,
+                sample=lambda rows: training_sample(session, collection_id=collection.id, rows=rows),
+                # Bounded by the watermark read above: rows committed meanwhile are left to the next catch-up.
+                chunks=crud.iter_vectors(session, collection_id=collection.id, up_to=image_max, batch=plan.chunk_rows),
+            )
         checkpoint = ckpt.Checkpoint(
             id_watermark=image_max, tombstone_watermark=tomb_max, model=collection.model, generation=collection.generation
         )
@@ -137,16 +142,6 @@ class VectorStore:
         live.dirty = True
         log.info("Built a %s index of %d vectors for %r", spec.kind, index.count, collection.name)
         return live
-
-    def _training_sample(self, session: Session, collection_id: int, spec: IndexSpec) -> np.ndarray | None:
-        if spec.kind != "ivfpq":
-            return None
-        # A random sample: the first rows by id are often one folder, not the whole collection.
-        limit = max(spec.params["nlist"] * 64, 2 ** spec.params["nbits"] * 64)
-        rows = session.scalars(
-            select(Image.vector).where(Image.collection_id == collection_id).order_by(func.random()).limit(limit)
-        ).all()
-        return np.stack([np.frombuffer(v, dtype=np.float32) for v in rows])
 
     def _synced(self, collection_id: int) -> _Live:
         """The live index with every row and deletion committed so far, by any process, applied.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
@@ -66,13 +66,34 @@ def choose_spec(requested: str, n: int, dim: int, memory_budget: int, params: di
 
 class VectorIndex:
     """One collection's FAISS index. HNSW cannot delete in place, so its deletions are
-    hidden at search time until the next rebuild."""
+    hidden at search time until the next rebuild.
 
-    def __init__(self, spec: IndexSpec, dim: int, index: faiss.Index, hidden: set[int] | None = None) -> None:
+    An index read memory-mapped (`mapped` holds its open file) is copy-on-write: FAISS aborts
+    the process on any write to mapped storage, so the first add or removal reads the file
+    into owned memory first. The open handle keeps the file readable even after a newer
+    checkpoint unlinks it.
+    """
+
+    def __init__(
+        self, spec: IndexSpec, dim: int, index: faiss.Index, hidden: set[int] | None = None, mapped: BinaryIO | None = None
+    ) -> None:
         self.spec = spec
         self.dim = dim
         self.index = index
         self.hidden: set[int] = hidden or set()
+        self.mapped = mapped
+
+    @property
+    def is_mapped(self) -> bool:
+        return self.mapped is not None
+
+    def _own(self) -> None:
+        if self.mapped is None:
+            return
+        self.mapped.seek(0)
+        self.index = faiss.read_index(faiss.PyCallbackIOReader(self.mapped.read))
+        self.mapped.close()
+        self.mapped = None
 
     @classmethod
     def build(cls, spec: IndexSpec, dim: int, train: np.ndarray | None = None) -> VectorIndex:
@@ -96,6 +117,7 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
+            self._own()
             self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
 
     def remove(self, ids: np.ndarray) -> None:
@@ -105,6 +127,7 @@ class VectorIndex:
         if self.spec.kind == "hnsw":
             self.hidden.update(int(i) for i in ids)
         else:
+            self._own()
             self.index.remove_ids(ids)
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, **knobs: int) -> tuple[np.ndarray, np.ndarray]:
