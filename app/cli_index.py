@@ -36,17 +36,14 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store):  # noqa: ANN
 
         options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
         model = args.model or store.model_of(args.collection) or settings.model
-        return RayIngestor(
-            store=store, settings=settings, model=model, batch_size=batch_size, options=options,
-            show_progress=not args.quiet,
-        )
+        return RayIngestor(store=store, settings=settings, model=model, batch_size=batch_size, options=options)
     from app.fetch import UrlFetcher
     from app.ingest.pipeline import Ingestor
 
     encoder = load_encoder(settings, args.model or store.model_of(args.collection))
     return Ingestor(
         store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()), batch_size=batch_size,
-        workers=settings.ingest_workers,
+        workers=settings.ingest_workers, jpeg_draft=settings.ingest_jpeg_draft,
     )
 
 

@@ -26,7 +26,7 @@ from app.encoder import PEEncoder
 from app.fetch import UrlFetcher
 from app.imaging import decode_image
 from app.ingest.pipeline import Ingestor
-from app.ingest.ray_engine import RayIngestor, RayOptions, connect
+from app.ingest.ray_engine import RayIngestError, RayIngestor, RayOptions, connect
 from app.ingest.sources import SourceError, folder_items, manifest_items
 from app.settings import Settings
 from index.db import create_db_engine
@@ -198,6 +198,19 @@ def test_parquet_manifest_with_metadata_and_the_url_policy_in_the_actors(
     metas = {uri: meta for uri, *_, meta in got["images"].values()}
     assert metas[str(paths[1].resolve())] == {"label": "dog", "score": None, "rank": 2}
     assert metas[str(paths[3].resolve())] == {"label": "bird", "score": 3.5, "rank": 4}
+
+
+def test_actors_that_cannot_load_the_model_stop_the_run_with_the_cause(
+    tmp_path: Path, ray_address: str, settings: Settings
+) -> None:
+    make_photos(tmp_path / "photos")
+    store = open_store(tmp_path / "store")
+    missing = settings.model_copy(update={"weights": str(tmp_path / "no-such-checkpoint.pt")})
+    with pytest.raises(RayIngestError, match="Checkpoint file not found: .*no-such-checkpoint.pt"):
+        ray_run(store, missing, folder_items(tmp_path / "photos"), actors=1)
+    # No batch came back, so nothing was stored, not even the broken file's failure.
+    info = store.collection("c")
+    assert (info.count, len(store.failures(info.id))) == (0, 0)
 
 
 @pytest.fixture()

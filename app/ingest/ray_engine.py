@@ -43,6 +43,17 @@ class RayUnavailableError(PESearchError):
         super().__init__("the Ray engine needs Ray: pip install 'pe-search[ray]'")
 
 
+class RayIngestError(PESearchError):
+    """The actor pool failed as a whole (an actor could not load the model, a node died).
+
+    Batches committed before stay; a re-run skips them and carries on.
+    """
+
+    def __init__(self, cause: str) -> None:
+        self.cause = cause
+        super().__init__(f"the Ray ingest stopped; what was committed stays, re-run to resume: {cause}")
+
+
 @dataclass(frozen=True)
 class RayOptions:
     address: str | None = None
@@ -67,7 +78,9 @@ class EmbedActor:
         from app.registry import ModelRegistry
 
         self.encoder = ModelRegistry(settings).get(model)
-        self.preparer = Preparer(encoder=self.encoder, fetcher=UrlFetcher(settings.url_policy()))
+        self.preparer = Preparer(
+            encoder=self.encoder, fetcher=UrlFetcher(settings.url_policy()), jpeg_draft=settings.ingest_jpeg_draft
+        )
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="pe-ray-decode")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,7 +142,6 @@ class RayIngestor:
         batch_size: int = 32,
         options: RayOptions | None = None,
         on_batch: BatchObserver | None = None,
-        show_progress: bool = False,
     ) -> None:
         if importlib.util.find_spec("ray") is None:
             raise RayUnavailableError()
@@ -139,7 +151,6 @@ class RayIngestor:
         self.batch_size = batch_size
         self.options = options or RayOptions()
         self.on_batch = on_batch
-        self.show_progress = show_progress
 
     def run(self, items: Iterable[SourceItem | Rejected], *, collection: str, progress: Progress | None = None) -> IngestSummary:
         connect(self.options.address)
@@ -152,16 +163,21 @@ class RayIngestor:
             if progress:
                 progress(summary)
 
+        from ray.exceptions import RayError
+
         todo = self._to_read(items, info, summary, report)
-        if todo:
-            last_checkpoint = time.monotonic()
-            for results in self._embedded(todo):
+        last_checkpoint = time.monotonic()
+        try:
+            for results in self._embedded(todo) if todo else ():
                 self._commit(info, todo, results, summary)
                 report()
                 if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_SECONDS:
                     self.store.checkpoint(collection)
                     last_checkpoint = time.monotonic()
-        self.store.checkpoint(collection)
+        except RayError as exc:
+            raise RayIngestError(_last_line(exc)) from exc
+        finally:
+            self.store.checkpoint(collection)
         report()
         return summary
 
@@ -200,7 +216,7 @@ class RayIngestor:
             {"n": n, "uri": item.uri, "path": str(item.path) if item.path else "", "url": item.url or ""}
             for n, item in enumerate(todo)
         ]
-        with _data_context(preserve_order=True, progress_bars=self.show_progress):
+        with _data_context(preserve_order=True, progress_bars=False):  # the caller's Progress reports instead
             dataset = ray.data.from_items(rows, override_num_blocks=blocks)
             dataset = dataset.map_batches(
                 EmbedActor,
@@ -214,7 +230,6 @@ class RayIngestor:
                 # GPU actors where the cluster has GPUs; else CPU actors sized by cpus_per_actor.
                 num_gpus=1 if gpus else None,
                 num_cpus=None if gpus else self.options.cpus_per_actor,
-                udf_modifying_row_count=False,
             )
         log.info("Ray ingest: %d items over %d %s actors", len(rows), actors, "GPU" if gpus else "CPU")
         yield from dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2)
@@ -232,6 +247,12 @@ class RayIngestor:
                 vector=np.array(results["vector"][i], dtype=np.float32),
             ))
         commit_batch(self.store, info=info, rows=rows, failures=failures, summary=summary, on_batch=self.on_batch)
+
+
+def _last_line(exc: Exception) -> str:
+    """The worker's own error, which Ray puts last under its traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _for_workers(settings: Settings) -> Settings:
