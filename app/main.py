@@ -112,7 +112,8 @@ def open_store(settings: Settings) -> VectorStore:
     check_data_dir(settings.data_dir)
     engine = create_db_engine(settings.db_url)
     return VectorStore(
-        engine=engine, index_dir=settings.index_dir, memory_budget=settings.index_memory_budget, index_mmap=settings.index_mmap
+        engine=engine, index_dir=settings.index_dir, memory_budget=settings.index_memory_budget, index_mmap=settings.index_mmap,
+        read_only=settings.read_only,
     ).open()
 
 

@@ -28,8 +28,12 @@ class Settings(BaseSettings):
     weights: str = "hub"
     device: str = "auto"
     data_dir: Path = Path("data")
-    # Any SQLAlchemy URL; default: a SQLite file in the data dir.
+    # Any SQLAlchemy URL; default: a SQLite file in the data dir. PostgreSQL:
+    # postgresql+psycopg://user:password@host:5432/db (the `postgres` extra).
     database_url: str | None = None
+    # A reader beside one writer (PostgreSQL, shared data dir): serves searches, refuses
+    # writes with 403, never migrates the database or writes index checkpoints.
+    read_only: bool = False
     # Server-side ingest jobs may read only under these folders (comma-separated); none by default.
     ingest_roots: str = ""
     ingest_batch: int = Field(default=32, ge=1, le=1024)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Integer, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from index.errors import CollectionNotFoundError, MissingVectorError
@@ -29,6 +29,29 @@ class NewImage:
     root: str | None = None
     size: int | None = None
     mtime: float | None = None
+
+
+# First key of the advisory locks that serialise a collection's writers (the second is its id).
+_WRITER_LOCK_SPACE = 0x7065  # "pe"
+
+
+def lock_collection_writes(session: Session, *, collection_ids: Iterable[int]) -> None:
+    """Hold the collections' writer locks until this transaction ends (PostgreSQL; SQLite needs none).
+
+    Indexes catch up by id watermark: every row above the last id replayed is new. That holds
+    only if, within a collection, ids become visible in id order. SQLite has one writer at a
+    time, so it does. PostgreSQL hands out sequence ids at INSERT, and concurrent transactions
+    may commit out of order: a reader could see id 11, move its watermark past 10, and miss 10
+    forever when it commits. With this lock taken before any id is drawn and held to commit,
+    a collection's transactions run one after another, so ids commit in order (the sequences
+    keep the default CACHE 1, so ids are drawn in order too). Tombstones are covered the same way.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for collection_id in sorted(set(collection_ids)):  # one order everywhere: no deadlocks
+        session.execute(
+            select(func.pg_advisory_xact_lock(cast(_WRITER_LOCK_SPACE, Integer), cast(collection_id, Integer)))
+        )
 
 
 def get_collection(session: Session, *, name: str) -> Collection:
@@ -69,6 +92,7 @@ def add_batch(session: Session, *, collection_id: int, items: Sequence[NewImage]
 
     Returns (image id, created) per item; content already stored (same sha256) is not inserted again.
     """
+    lock_collection_writes(session, collection_ids=[collection_id])
     known = ids_by_sha(session, collection_id=collection_id, shas={i.sha256 for i in items})
     fresh: dict[str, NewImage] = {}
     for item in items:
@@ -148,6 +172,7 @@ def record_failure(session: Session, *, collection_id: int, uri: str, reason: st
 def delete_images(session: Session, *, image_ids: Sequence[int]) -> dict[int, list[int]]:
     """Delete images (their sources cascade) and leave tombstones; returns ids by collection."""
     rows = session.execute(select(Image.id, Image.collection_id).where(Image.id.in_(list(image_ids)))).all()
+    lock_collection_writes(session, collection_ids={collection_id for _, collection_id in rows})
     by_collection: dict[int, list[int]] = {}
     for image_id, collection_id in rows:
         by_collection.setdefault(collection_id, []).append(image_id)
@@ -158,18 +183,33 @@ def delete_images(session: Session, *, image_ids: Sequence[int]) -> dict[int, li
 
 
 def merge_metadata(session: Session, *, image_id: int, patch: dict[str, Any]) -> None:
-    """Set the patch's keys and drop those it sets to null, in one statement (no lost updates)."""
+    """Apply an RFC 7396 merge patch (null removes a key, objects merge) without losing concurrent updates."""
     if session.get_bind().dialect.name == "sqlite":
-        # json_patch is RFC 7396 merge-patch: exactly these semantics, applied inside the UPDATE.
+        # json_patch is RFC 7396 merge-patch, applied inside the UPDATE.
         session.execute(
             update(Image)
             .where(Image.id == image_id)
             .values(meta=func.json_patch(Image.meta, func.json(json.dumps(patch))), updated_at=utcnow())
         )
         return
-    image = session.get(Image, image_id, with_for_update=True)
-    merged = {k: v for k, v in {**image.meta, **patch}.items() if v is not None}
-    session.execute(update(Image).where(Image.id == image_id).values(meta=merged, updated_at=utcnow()))
+    # Elsewhere the merge runs here, on the row locked until commit, so two patches cannot interleave.
+    current = session.execute(select(Image.meta).where(Image.id == image_id).with_for_update()).scalar_one()
+    session.execute(
+        update(Image).where(Image.id == image_id).values(meta=merge_patch(current, patch), updated_at=utcnow())
+    )
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: the same result SQLite's json_patch gives."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 def iter_vectors(
@@ -201,7 +241,8 @@ def tombstones_between(session: Session, *, collection_id: int, after_id: int, u
 
 
 def filtered_ids(session: Session, *, collection_id: int, search_filter: SearchFilter) -> np.ndarray:
-    query = select(Image.id).where(Image.collection_id == collection_id, *conditions(search_filter))
+    dialect = session.get_bind().dialect.name
+    query = select(Image.id).where(Image.collection_id == collection_id, *conditions(search_filter, dialect=dialect))
     return np.fromiter(session.scalars(query), dtype=np.int64)
 
 

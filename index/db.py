@@ -6,11 +6,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, Integer, cast, create_engine, event, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Advisory lock key held while migrating PostgreSQL ("pe" + "mg").
+_MIGRATION_LOCK = (0x7065, 0x6D67)
 
 
 def create_db_engine(url: str) -> Engine:
@@ -53,8 +56,17 @@ def upgrade_database(engine: Engine) -> None:
     """Apply every migration; the only way tables are created."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Processes starting together on one database: the first migrates, the others wait
+            # here and then find nothing left to do (SQLite's write lock does the same).
+            connection.execute(select(func.pg_advisory_xact_lock(*(cast(k, Integer) for k in _MIGRATION_LOCK))))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def head_revision() -> str | None:
+    """The newest migration this code ships."""
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:

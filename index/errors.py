@@ -59,3 +59,23 @@ class MissingVectorError(StoreError):
     def __init__(self, shas: list[str]) -> None:
         self.shas = shas
         super().__init__(f"{len(shas)} new images have no vector")
+
+
+class ReadOnlyError(StoreError):
+    """A write asked of a store opened read-only (an API process beside the one writer)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"This pe-search process is read-only (PE_SEARCH_READ_ONLY): it cannot {what}. "
+            "Send writes to the writer process."
+        )
+
+
+class SchemaOutdatedError(StoreError):
+    """A read-only process found the database at another schema revision than its code."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        super().__init__(
+            f"The database is at schema revision {current or 'none'}, this pe-search needs {head}; a read-only "
+            "process does not migrate: run `pe-search db upgrade` (or start the writer) first."
+        )

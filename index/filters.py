@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, and_, func, or_, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
 
 from index.errors import InvalidFilterError
 from index.models import Image
@@ -32,30 +34,38 @@ class SearchFilter:
 _KEY = re.compile(r"^[\w.-]{1,100}$")
 
 
-def _equals(key: str, value: Scalar) -> ColumnElement[bool]:
+def _equals(key: str, value: Scalar, dialect: str) -> ColumnElement[bool]:
     if not _KEY.match(key):
         raise InvalidFilterError(f"metadata filter keys are letters, digits, _ . and - (got {key!r})")
-    field_ = Image.meta[key]
-    # bool before int, since True is an int in Python. SQLite's JSON functions still read
-    # true as 1, so {"n": true} also matches n == 1 there.
+    if not isinstance(value, (str, int, float)):  # bool is an int
+        raise InvalidFilterError(f"metadata filter {key!r}: values must be strings, numbers or booleans")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidFilterError(f"metadata filter {key!r}: numbers must be finite")
+    if dialect == "postgresql":
+        # jsonb containment: numbers compare by value (7 matches 7.0), booleans only booleans,
+        # strings only strings; no cast, so a key holding mixed types never fails the query.
+        return type_coerce(Image.meta, JSONB).contains({key: value})
+    # The same typed comparison on SQLite: json_type first, since json_extract reads true as 1.
+    path = f'$."{key}"'  # the key pattern admits no quote
     if isinstance(value, bool):
-        return field_.as_boolean() == value
-    if isinstance(value, (int, float)):
-        return field_.as_float() == float(value)
+        return func.json_type(Image.meta, path) == ("true" if value else "false")
+    extracted = func.json_extract(Image.meta, path)
     if isinstance(value, str):
-        return field_.as_string() == value
-    raise InvalidFilterError(f"metadata filter {key!r}: values must be strings, numbers or booleans")
+        return and_(func.json_type(Image.meta, path) == "text", extracted == value)
+    # As a float: SQLite compares 7 and 7.0 equal, and cannot bind ints beyond 64 bits.
+    return and_(func.json_type(Image.meta, path).in_(("integer", "real")), extracted == float(value))
 
 
-def conditions(search_filter: SearchFilter) -> list[ColumnElement[bool]]:
+def conditions(search_filter: SearchFilter, *, dialect: str) -> list[ColumnElement[bool]]:
+    """The filter as SQL for the named database dialect (JSON operators differ)."""
     out: list[ColumnElement[bool]] = []
     for key, value in search_filter.metadata.items():
         if isinstance(value, list):
             if not value:
                 raise InvalidFilterError(f"metadata filter {key!r}: the list of values is empty")
-            out.append(or_(*(_equals(key, v) for v in value)))
+            out.append(or_(*(_equals(key, v, dialect) for v in value)))
         else:
-            out.append(_equals(key, value))
+            out.append(_equals(key, value, dialect))
     if search_filter.uri_prefix:
         prefix = search_filter.uri_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         out.append(Image.uri.like(prefix + "%", escape="\\"))

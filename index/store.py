@@ -1,9 +1,10 @@
-"""The vector store: SQLite (the truth, vectors included) plus one FAISS index per collection.
+"""The vector store: the database (SQLite or PostgreSQL: the truth, vectors included) plus one FAISS index per collection.
 
 FAISS files are derived checkpoints. On open, each collection loads its checkpoint
 and replays what came after it (new rows, tombstones); a missing or corrupt file is
 rebuilt from the database. Before each search the store catches up with rows that
-another process (a CLI ingest) committed since.
+another process (a CLI ingest, the writer of several API processes) committed since.
+A read-only store (a reader beside one writer) never migrates, writes rows or checkpoints.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from sqlalchemy.orm import Session
 
 from index import checkpoint as ckpt
 from index import crud
-from index.db import session_factory, upgrade_database
+from index.db import current_revision, head_revision, session_factory, upgrade_database
 from index.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
     ImageNotFoundError,
     IncompleteStagingError,
     ModelMismatchError,
+    ReadOnlyError,
+    SchemaOutdatedError,
 )
 from index.filters import SearchFilter
 from index.models import Collection, Image, Source
@@ -82,9 +85,13 @@ class _Live:
 
 
 class VectorStore:
-    def __init__(self, *, engine: Engine, index_dir: Path, memory_budget: int = 8 * 1024**3, index_mmap: bool = True) -> None:
+    def __init__(
+        self, *, engine: Engine, index_dir: Path, memory_budget: int = 8 * 1024**3, read_only: bool = False,
+        index_mmap: bool = True,
+    ) -> None:
         self.engine = engine
         self.index_mmap = index_mmap
+        self.read_only = read_only
         self.sessions = session_factory(engine)
         self.index_dir = index_dir
         self.memory_budget = memory_budget
@@ -94,7 +101,10 @@ class VectorStore:
     # --- lifecycle ---
 
     def open(self) -> VectorStore:
-        upgrade_database(self.engine)
+        if not self.read_only:
+            upgrade_database(self.engine)
+        elif (current := current_revision(self.engine)) != (head := head_revision()):
+            raise SchemaOutdatedError(current, head or "")
         with self.sessions() as session:
             collections = list(session.scalars(select(Collection)))
         for collection in collections:
@@ -180,8 +190,10 @@ class VectorStore:
 
         A failed write (a full disk, an unwritable data dir) leaves the previous checkpoint
         whole and the index dirty: nothing is lost, since the database has every row and a
-        later checkpoint or start-up replays them.
+        later checkpoint or start-up replays them. A read-only store leaves the files to the writer.
         """
+        if self.read_only:
+            return True
         with self._lock:
             items = list(self._live.items())
         ok = True
@@ -220,6 +232,10 @@ class VectorStore:
 
     # --- collections ---
 
+    def _writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyError(what)
+
     def _info(self, session: Session, collection: Collection) -> CollectionInfo:
         live = self._live.get(collection.id)
         return CollectionInfo(
@@ -250,6 +266,7 @@ class VectorStore:
             return session.scalar(select(Collection.model).where(Collection.name == name))
 
     def create_collection(self, name: str, *, model: str, dim: int, index_type: str = "auto", index_params: dict | None = None) -> CollectionInfo:
+        self._writable("create collections")
         choose_spec(index_type, 0, dim, self.memory_budget)  # refuse unknown types before writing
         with self.sessions() as session, session.begin():
             if session.scalar(select(Collection).where(Collection.name == name)) is not None:
@@ -277,6 +294,7 @@ class VectorStore:
             raise ModelMismatchError(info.name, info.model, info.dim, model)
 
     def delete_collection(self, name: str) -> None:
+        self._writable("delete collections")
         with self.sessions() as session, session.begin():
             collection = crud.get_collection(session, name=name)
             collection_id = collection.id
@@ -287,6 +305,7 @@ class VectorStore:
 
     def reindex(self, name: str, *, index_type: str | None = None) -> CollectionInfo:
         """Rebuild a collection's index from the database, optionally as another index type."""
+        self._writable("reindex")
         with self.sessions() as session, session.begin():
             collection = crud.get_collection(session, name=name)
             if index_type:
@@ -312,6 +331,7 @@ class VectorStore:
             last = rows[-1].id
 
     def stage_vectors(self, collection_id: int, image_ids: Sequence[int], vectors: np.ndarray) -> None:
+        self._writable("re-embed collections")
         with self.sessions() as session, session.begin():
             crud.stage_vectors(session, collection_id=collection_id, image_ids=image_ids, vectors=vectors)
 
@@ -324,6 +344,7 @@ class VectorStore:
 
         Refused (nothing changes) unless every image of the collection has a staged vector.
         """
+        self._writable("switch models")
         with self.sessions() as session, session.begin():
             collection = crud.get_collection(session, name=name)
             missing = crud.unstaged_count(session, collection_id=collection.id)
@@ -360,6 +381,7 @@ class VectorStore:
 
         Returns (image id, created) per item. Then the live index takes the new vectors.
         """
+        self._writable("add images")
         live = self._live_for(collection_id)
         wrong = [item.uri for item in items if item.vector is not None and len(item.vector) != live.index.dim]
         if wrong:
@@ -373,6 +395,7 @@ class VectorStore:
         return results
 
     def delete_images(self, image_ids: Sequence[int]) -> int:
+        self._writable("delete images")
         with self.sessions() as session, session.begin():
             by_collection = crud.delete_images(session, image_ids=image_ids)
         for collection_id in by_collection:
@@ -401,6 +424,7 @@ class VectorStore:
 
     def patch_metadata(self, image_id: int, patch: dict[str, Any]) -> Image:
         """Set the given keys; a None value removes its key."""
+        self._writable("edit metadata")
         with self.sessions() as session, session.begin():
             if session.get(Image, image_id) is None:
                 raise ImageNotFoundError(image_id)

@@ -14,6 +14,10 @@ from app.encoder import PEEncoder
 from app.main import create_app
 from app.settings import Settings
 
+# `postgres_server` (one real PostgreSQL for the session), `postgres_url` (a fresh database per test)
+# and `db_url` (a test run once on SQLite, once on PostgreSQL).
+pytest_plugins = ["tests.pg"]
+
 TEST_MODEL = "PE-Core-T16-384"
 TEST_MAX_BATCH = 16
 TEST_MAX_BODY = 4 * 1024 * 1024

@@ -71,7 +71,7 @@ def test_index_commands_end_to_end(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PE_SEARCH_MODEL", "PE-Core-T16-384")
     paths = make_folder(tmp_path / "photos", count=4)
     code, out, _ = run(capsys, "db", "upgrade")
-    assert code == 0 and "revision 0002" in out
+    assert code == 0 and "revision 0003" in out
 
     code, out, _ = run(capsys, "ingest", str(tmp_path / "photos"), "--collection", "pics", "--json", "--quiet")
     summary = json.loads(out)

@@ -18,10 +18,10 @@ from tests.images import encode, image_object, photo
 from tests.test_store import DIM, MODEL, add, clustered, open_store
 
 
-def test_a_reader_catching_up_with_a_writer_never_duplicates_ids(tmp_path: Path) -> None:
-    reader = open_store(tmp_path)
+def test_a_reader_catching_up_with_a_writer_never_duplicates_ids(tmp_path: Path, db_url: str) -> None:
+    reader = open_store(tmp_path, db_url)
     collection = reader.create_collection("c", model=MODEL, dim=DIM)
-    writer = open_store(tmp_path)
+    writer = open_store(tmp_path, db_url)
     vectors = clustered(400, seed=11)
     done = threading.Event()
 
@@ -43,10 +43,10 @@ def test_a_reader_catching_up_with_a_writer_never_duplicates_ids(tmp_path: Path)
     assert reader.collection("c").indexed == 400
 
 
-def test_a_rebuild_or_model_switch_elsewhere_is_picked_up(tmp_path: Path) -> None:
-    reader = open_store(tmp_path)
+def test_a_rebuild_or_model_switch_elsewhere_is_picked_up(tmp_path: Path, db_url: str) -> None:
+    reader = open_store(tmp_path, db_url)
     collection = reader.create_collection("c", model=MODEL, dim=DIM)
-    writer = open_store(tmp_path)
+    writer = open_store(tmp_path, db_url)
     vectors = clustered(300, seed=12)
     ids = add(writer, collection.id, vectors)
     assert reader.search(collection.id, vectors[5], 1)[0].id == ids[5]
@@ -97,8 +97,8 @@ def test_changed_file_replaces_its_old_image(tmp_path: Path, encoder) -> None:  
     assert len(old_ids - new_ids) == 1 and len(new_ids - old_ids) == 1
 
 
-def test_created_range_honours_timezones(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_created_range_honours_timezones(tmp_path: Path, db_url: str) -> None:
+    store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     add(store, collection.id, clustered(3, seed=15))
     hour_ago = datetime.now(timezone(timedelta(hours=5))) - timedelta(hours=1)

@@ -37,13 +37,16 @@ def make_folder(root: Path, count: int = 12) -> list[Path]:
     return paths
 
 
-def open_store(root: Path) -> VectorStore:
-    return VectorStore(engine=create_db_engine(f"sqlite:///{root / 'meta.db'}"), index_dir=root / "indexes").open()
+def open_store(root: Path, url: str | None = None) -> VectorStore:
+    url = url or f"sqlite:///{root / 'meta.db'}"
+    return VectorStore(engine=create_db_engine(url), index_dir=root / "indexes").open()
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> VectorStore:
-    opened = open_store(tmp_path / "store")
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> VectorStore:
+    """On SQLite; on SQLite and PostgreSQL for tests marked `usefixtures("db_url")`."""
+    url = request.getfixturevalue("db_url") if "db_url" in request.fixturenames else None
+    opened = open_store(tmp_path / "store", url)
     yield opened
     opened.engine.dispose()
 
@@ -93,6 +96,7 @@ def test_changed_file_is_read_again(tmp_path: Path, store: VectorStore, encoder:
     assert (summary.added, summary.unchanged) == (1, 2)
 
 
+@pytest.mark.usefixtures("db_url")
 def test_duplicates_are_stored_once(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
     paths = make_folder(tmp_path / "photos", count=4)
     shutil.copy(paths[0], tmp_path / "photos" / "copy-a.jpg")
@@ -120,6 +124,7 @@ def test_symlinks_never_lead_out_of_the_root(tmp_path: Path, store: VectorStore,
     assert not any("secret" in image.uri for image in store.images(list(range(1, 100))).values())
 
 
+@pytest.mark.usefixtures("db_url")
 def test_manifest_metadata_and_filters(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
     paths = make_folder(tmp_path / "photos", count=6)
     rows = [{"path": str(p.relative_to(tmp_path)), "label": "cat" if i % 2 else "dog", "rank": i} for i, p in enumerate(paths)]

@@ -1,11 +1,14 @@
-"""The vector store on real SQLite files and FAISS indexes, against a brute-force reference.
+"""The vector store on real FAISS indexes and a real database, against a brute-force reference.
 
-Vectors here are synthetic (a test double for the encoder is fine at this layer).
+Every test that uses `db_url` (tests/pg.py) runs twice: on a SQLite file and on a fresh
+database of a real PostgreSQL server on loopback. Vectors here are synthetic (a test
+double for the encoder is fine at this layer).
 """
 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,14 @@ from sqlalchemy import inspect
 
 from index import store as store_module
 from index.crud import NewImage
-from index.db import create_db_engine, current_revision, upgrade_database
-from index.errors import CollectionExistsError, ModelMismatchError
+from index.db import create_db_engine, current_revision, head_revision, upgrade_database
+from index.errors import (
+    CollectionExistsError,
+    InvalidFilterError,
+    ModelMismatchError,
+    ReadOnlyError,
+    SchemaOutdatedError,
+)
 from index.filters import SearchFilter
 from index.models import Base
 from index.store import VectorStore
@@ -27,8 +36,10 @@ DIM = 32
 MODEL = "PE-Core-T16-384"
 
 
-def open_store(root: Path) -> VectorStore:
-    return VectorStore(engine=create_db_engine(f"sqlite:///{root / 'meta.db'}"), index_dir=root / "indexes").open()
+def open_store(root: Path, url: str | None = None) -> VectorStore:
+    """A store with its indexes under root; its database a SQLite file there unless a URL is given."""
+    url = url or f"sqlite:///{root / 'meta.db'}"
+    return VectorStore(engine=create_db_engine(url), index_dir=root / "indexes").open()
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -64,22 +75,29 @@ def brute_force(ids: list[int], vectors: np.ndarray, query: np.ndarray, k: int) 
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> VectorStore:
-    opened = open_store(tmp_path)
+def store(tmp_path: Path, db_url: str) -> VectorStore:
+    opened = open_store(tmp_path, db_url)
     yield opened
     opened.engine.dispose()
 
 
-def test_migrations_create_exactly_the_models_schema(tmp_path: Path) -> None:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+def test_migrations_create_exactly_the_models_schema(db_url: str) -> None:
+    engine = create_db_engine(db_url)
     assert inspect(engine).get_table_names() == []
     upgrade_database(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == head_revision() == "0003"
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     upgrade_database(engine)  # idempotent
     with engine.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        if engine.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        else:
+            types = dict(connection.exec_driver_sql(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'images'"
+            ).all())
+            assert types["metadata"] == "jsonb"
+    engine.dispose()
 
 
 def test_flat_search_equals_brute_force(store: VectorStore) -> None:
@@ -114,8 +132,8 @@ def test_same_content_is_one_image(store: VectorStore) -> None:
     assert set(store.known_sources(collection.id, [b.uri for b in batch])) == {b.uri for b in batch}
 
 
-def test_deleted_vectors_never_come_back(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_deleted_vectors_never_come_back(tmp_path: Path, db_url: str) -> None:
+    store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(300)
     ids = add(store, collection.id, vectors)
@@ -125,15 +143,15 @@ def test_deleted_vectors_never_come_back(tmp_path: Path) -> None:
     for query in vectors[:20]:
         assert not {h.id for h in store.search(collection.id, query, 50)} & set(gone)
     store.engine.dispose()
-    reopened = open_store(tmp_path)  # the checkpoint predates the deletes: tombstones replay
+    reopened = open_store(tmp_path, db_url)  # the checkpoint predates the deletes: tombstones replay
     for query in vectors[:20]:
         assert not {h.id for h in reopened.search(collection.id, query, 50)} & set(gone)
     assert reopened.collection("c").count == 300 - len(gone)
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated", "pointer"])
-def test_missing_or_corrupt_index_is_rebuilt(tmp_path: Path, damage: str, caplog) -> None:
-    store = open_store(tmp_path)
+def test_missing_or_corrupt_index_is_rebuilt(tmp_path: Path, db_url: str, damage: str, caplog) -> None:
+    store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(200)
     ids = add(store, collection.id, vectors)
@@ -148,29 +166,29 @@ def test_missing_or_corrupt_index_is_rebuilt(tmp_path: Path, damage: str, caplog
         index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
     else:
         (index_file.parent / "CHECKPOINT.json").write_text("{not json")
-    reopened = open_store(tmp_path)
+    reopened = open_store(tmp_path, db_url)
     assert "Rebuilding the index" in caplog.text
     query = vectors[42]
     assert [h.id for h in reopened.search(collection.id, query, 10)] == brute_force(ids, vectors, query, 10)
 
 
-def test_rows_after_the_checkpoint_are_replayed(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_rows_after_the_checkpoint_are_replayed(tmp_path: Path, db_url: str) -> None:
+    store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(400)
     ids = add(store, collection.id, vectors[:200])
     store.checkpoint()
     ids += add(store, collection.id, vectors[200:], start=200)  # committed, never checkpointed
     store.engine.dispose()
-    reopened = open_store(tmp_path)
+    reopened = open_store(tmp_path, db_url)
     for query in vectors[195:205]:
         assert [h.id for h in reopened.search(collection.id, query, 10)] == brute_force(ids, vectors, query, 10)
 
 
-def test_another_process_writes_are_picked_up_before_search(tmp_path: Path) -> None:
-    reader = open_store(tmp_path)
+def test_another_process_writes_are_picked_up_before_search(tmp_path: Path, db_url: str) -> None:
+    reader = open_store(tmp_path, db_url)
     collection = reader.create_collection("c", model=MODEL, dim=DIM)
-    writer = open_store(tmp_path)
+    writer = open_store(tmp_path, db_url)
     vectors = clustered(50)
     ids = add(writer, collection.id, vectors)
     assert reader.search(collection.id, vectors[3], 1)[0].id == ids[3]
@@ -179,8 +197,8 @@ def test_another_process_writes_are_picked_up_before_search(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
-def test_approximate_indexes_recall_at_10(tmp_path: Path, kind: str) -> None:
-    store = open_store(tmp_path)
+def test_approximate_indexes_recall_at_10(tmp_path: Path, db_url: str, kind: str) -> None:
+    store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(6000, seed=3)
     ids = add(store, collection.id, vectors)
@@ -197,9 +215,9 @@ def test_approximate_indexes_recall_at_10(tmp_path: Path, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
-def test_filtered_search_fills_top_k(tmp_path: Path, kind: str, monkeypatch) -> None:
+def test_filtered_search_fills_top_k(tmp_path: Path, db_url: str, kind: str, monkeypatch) -> None:
     monkeypatch.setattr(store_module, "EXACT_FILTER_LIMIT", 0)  # force the FAISS selector path
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(3000, seed=5)
     ids = add(store, collection.id, vectors, meta=lambda i: {"label": "rare" if i % 50 == 0 else "common", "n": i})
@@ -228,6 +246,78 @@ def test_filters(store: VectorStore) -> None:
     assert matching(SearchFilter(metadata={"label": "zebra"})) == set()
     hits = store.search(collection.id, vectors[0], 40, min_score=0.5)
     assert hits and all(h.score >= 0.5 for h in hits)
+
+
+def test_metadata_filters_compare_typed_values(store: VectorStore) -> None:
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    metas = [{"n": 7}, {"n": 7.0}, {"n": "abc"}, {"n": [7]}, {"n": False}, {"n": {"deep": 7}}, {}, {"s": "7 cats"}]
+    ids = add(store, collection.id, clustered(len(metas), seed=8), meta=lambda i: metas[i])
+
+    def matching(**metadata) -> set[int]:
+        return {h.id for h in store.search(collection.id, clustered(1, seed=9)[0], 20, SearchFilter(metadata=metadata))}
+
+    # One key holding numbers, a string, a list, a boolean and an object: no row makes the query fail.
+    assert matching(n=7) == {ids[0], ids[1]}
+    assert matching(n=7.0) == {ids[0], ids[1]}
+    assert matching(n="abc") == {ids[2]}
+    assert matching(n=False) == {ids[4]}
+    assert matching(n=[7, "abc"]) == {ids[0], ids[1], ids[2]}
+    assert matching(s="7 cats") == {ids[7]}
+    assert matching(missing="x") == set()
+    with pytest.raises(InvalidFilterError, match="finite"):
+        matching(n=float("nan"))
+
+
+def test_metadata_patch_merges_and_loses_no_concurrent_update(store: VectorStore) -> None:
+    collection = store.create_collection("c", model=MODEL, dim=DIM)
+    [image_id] = add(store, collection.id, clustered(1), meta=lambda i: {"label": "cat", "box": {"x": 1, "y": 2}, "n": 1})
+    image = store.patch_metadata(image_id, {"label": None, "box": {"y": None, "z": 3}, "tags": ["a"]})
+    assert image.meta == {"box": {"x": 1, "z": 3}, "n": 1, "tags": ["a"]}
+
+    def patch(worker: int) -> None:
+        for round_ in range(5):
+            store.patch_metadata(image_id, {f"w{worker}-{round_}": round_})
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(patch, range(6)))
+    meta = store.image(image_id).meta
+    assert {k for k in meta if k.startswith("w")} == {f"w{w}-{r}" for w in range(6) for r in range(5)}
+    assert meta["box"] == {"x": 1, "z": 3}
+
+
+def test_read_only_store_serves_new_rows_but_never_writes(tmp_path: Path, db_url: str) -> None:
+    def reader() -> VectorStore:
+        return VectorStore(engine=create_db_engine(db_url), index_dir=tmp_path / "indexes", read_only=True)
+
+    with pytest.raises(SchemaOutdatedError, match="pe-search db upgrade"):
+        reader().open()  # an empty database: a reader does not migrate it
+    writer = open_store(tmp_path, db_url)
+    collection = writer.create_collection("c", model=MODEL, dim=DIM)
+    ids = add(writer, collection.id, clustered(30))
+    writer.checkpoint()
+    index_dir = tmp_path / "indexes" / str(collection.id)
+    files_before = {p.name: p.read_bytes() for p in index_dir.iterdir()}
+    follower = reader().open()
+    vectors = clustered(10, seed=3)
+    more = add(writer, collection.id, vectors, start=30)
+    assert follower.search(collection.id, vectors[4], 1)[0].id == more[4]
+    writer.delete_images([more[4]])
+    assert more[4] not in {h.id for h in follower.search(collection.id, vectors[4], 5)}
+    refused = [
+        lambda: follower.add_images(collection.id, items(clustered(1, seed=4), start=99)),
+        lambda: follower.delete_images(ids[:1]),
+        lambda: follower.patch_metadata(ids[0], {"a": 1}),
+        lambda: follower.create_collection("d", model=MODEL, dim=DIM),
+        lambda: follower.delete_collection("c"),
+        lambda: follower.reindex("c"),
+    ]
+    for attempt in refused:
+        with pytest.raises(ReadOnlyError, match="PE_SEARCH_READ_ONLY"):
+            attempt()
+    follower.close()  # a writer would checkpoint here
+    assert {p.name: p.read_bytes() for p in index_dir.iterdir()} == files_before
+    assert writer.collection("c").count == 39 and writer.image(ids[0]).meta == {}
+    writer.engine.dispose()
 
 
 def test_collections_record_model_and_refuse_another(store: VectorStore) -> None:

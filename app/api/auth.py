@@ -75,6 +75,10 @@ def require(scope: Scope) -> Callable[..., Awaitable[None]]:
         api_key: Annotated[str | None, Query(description="API key; also accepted as a Bearer token or a body field")] = None,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> None:
+        if scope == "write" and request.app.state.settings.read_only:
+            raise PermissionDeniedError(
+                "This server is read-only (PE_SEARCH_READ_ONLY): send ingests, uploads, edits and deletes to the writer."
+            )
         keys: KeyRing = request.app.state.keys
         if not keys.enabled:
             return

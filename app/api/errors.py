@@ -33,6 +33,7 @@ from index.errors import (
     ImageNotFoundError,
     InvalidFilterError,
     ModelMismatchError,
+    ReadOnlyError,
     StoreError,
 )
 
@@ -55,6 +56,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (ImageNotFoundError, 404),
     (CollectionExistsError, 409),
     (ModelMismatchError, 409),
+    (ReadOnlyError, 403),
     (InvalidFilterError, 400),
     (SourceError, 400),
 ]
