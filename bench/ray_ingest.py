@@ -94,7 +94,8 @@ def run_local(folder: Path, work: Path, settings, batch: int) -> dict:  # noqa: 
     timeline = _Timeline()
     started = time.monotonic()
     summary = ingestor.run(folder_items(folder), collection="bench", progress=timeline)
-    return _result(summary, timeline, started)
+    # Same settings in the actors, so the same precision choice there.
+    return {**_result(summary, timeline, started), "image_precision": encoder.info.image_precision}
 
 
 def run_ray(folder: Path, work: Path, settings, batch: int, actors: int, cpus: float) -> dict:  # noqa: ANN001 - Settings
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(
         f"{count} JPEGs of {args.size}, {args.model} (random weights), batch {args.batch}; "
-        f"Ray start-up {ray_start} s (not counted); load average at the end {load}"
+        f"Ray start-up {ray_start} s (not counted); image precision {base['image_precision']}; load average at the end {load}"
     )
     print(f"{'engine':<12}{'added':>7}{'seconds':>9}{'1st batch s':>12}{'img/s':>8}{'vs local':>10}{'steady img/s':>14}{'vs local':>10}")
     for name, r in results.items():

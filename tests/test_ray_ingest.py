@@ -226,20 +226,22 @@ def web_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         httpd.shutdown()
 
 
-def test_cli_ingests_a_manifest_through_ray(
-    tmp_path: Path, ray_address: str, encoder: PEEncoder, web_folder: tuple[str, Path]
+def test_one_command_ingests_a_manifest_through_ray_into_postgresql(
+    tmp_path: Path, ray_address: str, encoder: PEEncoder, settings: Settings, web_folder: tuple[str, Path],
+    postgres_url: str,
 ) -> None:
+    """The issue's finish line: the CLI, Ray, metadata in PostgreSQL, the single-machine path's answers."""
     base, web = web_folder
     paths = make_photos(tmp_path / "photos")
     lines = ["path,label"] + [f"{p},local{i}" for i, p in enumerate(paths[:5])] + [f"{base}/remote.jpg,web", f"{base}/gone.jpg,web"]
     (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
     env = {
-        **os.environ, "PE_SEARCH_DATA_DIR": str(tmp_path / "data"), "PE_SEARCH_WEIGHTS": "random",
-        "PE_SEARCH_MODEL": TEST_MODEL, "PE_SEARCH_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
+        **os.environ, "PE_SEARCH_DATA_DIR": str(tmp_path / "data"), "PE_SEARCH_DATABASE_URL": postgres_url,
+        "PE_SEARCH_WEIGHTS": "random", "PE_SEARCH_MODEL": TEST_MODEL, "PE_SEARCH_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
         "PE_SEARCH_URL_ALLOW_HTTP": "true", "PE_SEARCH_URL_ALLOW_IP_HOSTS": "true", "PE_SEARCH_URL_ALLOW_PRIVATE_HOSTS": "true",
     }
     command = [
-        sys.executable, "-m", "app.cli", "ingest", "--manifest", str(tmp_path / "manifest.csv"), "--collection", "m",
+        sys.executable, "-m", "app.cli", "ingest", "--manifest", str(tmp_path / "manifest.csv"), "--collection", "c",
         "--engine", "ray", "--ray-address", ray_address, "--ray-actors", "1", "--batch-size", "4", "--json", "--quiet",
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -248,17 +250,22 @@ def test_cli_ingests_a_manifest_through_ray(
     assert (summary["added"], summary["duplicates"], summary["failed"]) == (6, 0, 1)
     assert "HTTP 404" in summary["failures"][0]["reason"] and summary["failures"][0]["uri"].endswith("/gone.jpg")
 
-    store = VectorStore(
-        engine=create_db_engine(f"sqlite:///{tmp_path / 'data' / 'pe-search.db'}"), index_dir=tmp_path / "data" / "indexes"
-    ).open()
-    got = contents(store, "m")
-    assert got["info"] == (TEST_MODEL, 512, 6, 6)
+    store = VectorStore(engine=create_db_engine(postgres_url), index_dir=tmp_path / "data" / "indexes").open()
+    local = open_store(tmp_path / "local")
+    local_summary = local_run(local, encoder, settings, manifest_items(tmp_path / "manifest.csv"))
+    assert {k: v for k, v in summary.items() if k not in ("seconds", "images_per_second")} == without_timing(local_summary)
+    got, expected = contents(store), contents(local)
+    assert got["info"] == expected["info"] == (TEST_MODEL, 512, 6, 6)
+    assert got["images"] == expected["images"] and got["sources"] == expected["sources"]
     metas = {uri: meta for uri, *_, meta in got["images"].values()}
     assert metas[f"{base}/remote.jpg"] == {"label": "web"} and metas[str(paths[2].resolve())] == {"label": "local2"}
-    for uri, path in ((str(paths[2].resolve()), paths[2]), (f"{base}/remote.jpg", web / "remote.jpg")):
-        query = encoder.embed_images([decode_image(path.read_bytes())])[0]
-        top = store.search(store.collection("m").id, query, 1)[0]
-        assert (store.image(top.id).uri, top.score) == (uri, pytest.approx(1.0, abs=1e-4))
+    queries = [encoder.embed_texts(["a photo of a red square"])[0]]
+    queries += list(encoder.embed_images([decode_image(p.read_bytes()) for p in (paths[2], web / "remote.jpg")]))
+    for query in queries:
+        want, have = ranked(local, query), ranked(store, query)
+        assert [uri for uri, _ in have] == [uri for uri, _ in want]
+        np.testing.assert_allclose([s for _, s in have], [s for _, s in want], atol=1e-5)
+    assert ranked(store, queries[2])[0] == (f"{base}/remote.jpg", pytest.approx(1.0, abs=1e-4))
     store.engine.dispose()
 
 
