@@ -56,7 +56,8 @@ class _Timeline:
 
     def steady_rate(self) -> float | None:
         stored = [(t, n) for t, n in self.marks if n > 0]
-        if len(stored) < 2:
+        # Ray hands back results in input order, sometimes several at once: too few commits say nothing.
+        if len(stored) < 4:
             return None
         (t0, n0), (t1, n1) = stored[0], stored[-1]
         return round((n1 - n0) / (t1 - t0), 2) if t1 > t0 else None
