@@ -156,9 +156,9 @@ def _pid() -> int:
 
 def sweep(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, knob: str, values: list[int]) -> list[dict[str, Any]]:
     """Per setting: recall@10 and single-query FAISS time; for IVF-PQ also after the store's exact re-rank
-    of k x rerank candidates (the configured factor and a larger one)."""
+    of k x rerank candidates (x4, x10 and the configured factor)."""
     rows = []
-    reranks = [int(index.spec.params["rerank"]), 10] if index.spec.kind == "ivfpq" else [1]
+    reranks = sorted({int(index.spec.params["rerank"]), 4, 10}) if index.spec.kind == "ivfpq" else [1]
     for value in values:
         for rerank in reranks:
             found, ms = timed_queries(queries, lambda q: index.search(q, K * rerank, **{knob: value})[1])

@@ -16,7 +16,9 @@ INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 # Exact search is the default while it stays fast (about 10 ms a query at 100k x 1024-d on 2 cores).
 FLAT_MAX_VECTORS = 100_000
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
-IVFPQ_DEFAULTS = {"nprobe": 32, "nbits": 8, "rerank": 4}
+# rerank: the store re-scores k x rerank PQ candidates exactly. 64-byte codes of 1024-d vectors
+# cap recall@10 near 0.94 at x4 whatever nprobe; x10 gives 0.99 (docs/BENCHMARKS.md, bench query).
+IVFPQ_DEFAULTS = {"nprobe": 32, "nbits": 8, "rerank": 10}
 # k-means wants about this many training points per centroid.
 IVF_POINTS_PER_LIST = 39
 
@@ -138,7 +140,15 @@ class VectorIndex:
         selector, parts = self._selector(allowed)
         params = self._params(selector, knobs)
         k = min(k, int(self.index.ntotal))
-        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k, params=params)
+        # One query gains nothing from OpenMP threads (FAISS splits work by query), but an HNSW search
+        # pays for waking them: x5 slower with 2 threads on 2 busy cores (docs/BENCHMARKS.md). The
+        # setting is per calling thread, so concurrent searches and bulk adds elsewhere keep theirs.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
         del parts
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
