@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         steady = r["steady_images_per_s"]
         steady_ratio = f"x{steady / base['steady_images_per_s']:.2f}" if steady and base["steady_images_per_s"] else "-"
+        ratio = f"x{r['images_per_s'] / base['images_per_s']:.2f}"
         print(
-            f"{name:<12}{r['added']:>7}{r['seconds']:>9}{r['first_batch_seconds']!s:>12}{r['images_per_s']:>8}{'x' + format(r['images_per_s'] / base['images_per_s'], '.2f'):>10}"
+            f"{name:<12}{r['added']:>7}{r['seconds']:>9}{r['first_batch_seconds']!s:>12}{r['images_per_s']:>8}{ratio:>10}"
             f"{steady if steady is not None else '-':>14}{steady_ratio:>10}"
         )
     return 0

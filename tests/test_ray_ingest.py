@@ -36,6 +36,8 @@ from tests.conftest import TEST_MODEL
 from tests.images import encode, photo
 
 REPO = Path(__file__).resolve().parent.parent
+# Ray Data warns about its own deprecated options whenever it copies its context; nothing of ours.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
 
 @pytest.fixture(scope="module")
