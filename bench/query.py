@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-budget", type=int, default=8 * 1024**3)
     parser.add_argument("--keep", type=Path, default=None, help="write each index checkpoint here (for bench startup)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: ivfpq, hnsw, metadata")
     parser.add_argument("--out", default="bench/results/query.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -276,6 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     print(f"flat: {rows[-1]}", flush=True)
 
+    skip = set(args.skip.split(","))
+    ivf_hits = [] if "ivfpq" in skip else _ivfpq(args, vectors, queries, truth, rows, report)
+    if "hnsw" not in skip:
+        _hnsw(args, vectors, queries, truth, rows)
+    if "metadata" not in skip:
+        workdir = Path(tempfile.mkdtemp(prefix="pe-query-db-"))
+        try:
+            report["metadata"] = metadata_fetch(vectors, db_rows, ivf_hits, queries[:50], workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report["rows"] = rows
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    _print(report, base["p50_ms"])
+    return 0
+
+
+def _ivfpq(args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: list, report: dict) -> list[np.ndarray]:
     spec = choose_spec("ivfpq", args.n, args.dim, args.memory_budget)
     plan = plan_build(spec, args.n, args.dim, args.memory_budget)
     report["ivfpq"] = {"spec": spec.params, "plan": plan.__dict__}
@@ -287,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     rows += ivf_rows
     print(f"ivfpq: {built} {[(r['params'], r['recall'], r['p50_ms']) for r in ivf_rows]}", flush=True)
     default_nprobe = spec.params["nprobe"]
-    ivf_hits = [ivf.search(q, K * spec.params["rerank"], nprobe=default_nprobe)[1] for q in queries[:50]]
-    del ivf
+    return [ivf.search(q, K * spec.params["rerank"], nprobe=default_nprobe)[1] for q in queries[:50]]
 
+
+def _hnsw(args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: list) -> None:
     sub = vectors[: args.hnsw_n]
     sub_truth = exact_topk(sub, queries) if args.hnsw_n < args.n else truth
     hspec = choose_spec("hnsw", args.hnsw_n, args.dim, args.memory_budget)
@@ -303,17 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     del hnsw
     gc.collect()
 
-    workdir = Path(tempfile.mkdtemp(prefix="pe-query-db-"))
-    try:
-        report["metadata"] = metadata_fetch(vectors, db_rows, ivf_hits, queries[:50], workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    report["rows"] = rows
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    _print(report, base["p50_ms"])
-    return 0
-
 
 def _print(report: dict[str, Any], base_ms: float) -> None:
     print(f"\n{report['n']} x {report['dim']}-d, {report['threads']} threads, recall@{K} vs exact, single-query times")
@@ -321,6 +330,8 @@ def _print(report: dict[str, Any], base_ms: float) -> None:
     for r in report["rows"]:
         print(f"{r['method']:<20}{r['params']:<22}{r.get('n', report['n']):>9}{r['recall']:>8.3f}{r['p50_ms']:>9}{r['p95_ms']:>9}"
               f"{'x%.1f' % (base_ms / r['p50_ms']):>10}{r.get('build_s', ''):>9}{r['bytes_per_vector']:>8}")
+    if "metadata" not in report:
+        return
     m = report["metadata"]
     print(f"\nmetadata, SQLite with {m['rows']} images ({m['db_mb']} MB, filled in {m['fill_s']} s):")
     print(f"  100 results in one call (VectorStore.images): p50 {m['fetch100_p50_ms']} ms, p95 {m['fetch100_p95_ms']} ms")
