@@ -112,6 +112,15 @@ def read_pointer(directory: Path) -> Checkpoint | None:
         return None
 
 
+def _read_mapped(path: Path) -> faiss.Index | None:
+    """The index with its storage mapped, or None where FAISS cannot map it (read it normally then)."""
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as exc:
+        log.info("Index file %s cannot be memory-mapped (%s); reading it", path, exc)
+        return None
+
+
 def load(directory: Path, *, mmap: bool = False) -> tuple[VectorIndex, Checkpoint] | None:
     """The checkpointed index, or None when it is missing or damaged (the caller rebuilds).
 
@@ -128,10 +137,16 @@ def load(directory: Path, *, mmap: bool = False) -> tuple[VectorIndex, Checkpoin
     try:
         if path.stat().st_size != checkpoint.size:
             raise ValueError(f"size {path.stat().st_size} != recorded {checkpoint.size}")
+        raw = None
         if mmap:
+            # Mapped through the open handle, so the mapping and the handle are one file even if a
+            # newer checkpoint replaces the name meanwhile.
             handle = open(path, "rb")  # noqa: SIM115 - owned by the index until its first write
-            raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
-        else:
+            raw = _read_mapped(Path(f"/proc/self/fd/{handle.fileno()}"))
+            if raw is None:
+                handle.close()
+                handle = None
+        if raw is None:
             raw = faiss.read_index(str(path))
     except (OSError, RuntimeError, ValueError) as exc:
         if handle is not None:

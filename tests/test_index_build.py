@@ -216,3 +216,16 @@ def test_store_reopens_mapped_and_replays_rows_added_since(tmp_path: Path) -> No
     assert reader.collection("c").indexed == 450 and not reader._live[cid].index.is_mapped
     writer.close()
     reader.close()
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_damaged_checkpoint_is_refused_not_mapped(tmp_path: Path, data, mmap: bool) -> None:
+    vectors, _, _ = data
+    index = VectorIndex.build(IndexSpec("flat"), DIM)
+    index.add(np.arange(1, 101), vectors[:100])
+    ckpt.save(tmp_path, index, ckpt.Checkpoint(id_watermark=100, model="m"))
+    path = tmp_path / ckpt.read_pointer(tmp_path).file
+    raw = bytearray(path.read_bytes())
+    raw[:4] = b"XXXX"  # same size, unknown index type
+    path.write_bytes(bytes(raw))
+    assert ckpt.load(tmp_path, mmap=mmap) is None  # the caller rebuilds from the database
