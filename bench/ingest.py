@@ -98,6 +98,18 @@ def compute_only(encoder: Any, paths: list[Path], batch: int) -> float:
     return time.perf_counter() - began
 
 
+def decode_cost(paths: list[Path], image_size: int, *, draft: bool) -> float:
+    """Seconds per image to read, decode and PE-preprocess on one thread: what feeding a GPU costs."""
+    from app.encoder import pe_transform
+    from app.imaging import decode_reduced
+
+    transform = pe_transform(image_size)
+    began = time.perf_counter()
+    for path in paths:
+        transform(decode_reduced(path.read_bytes(), min_side=image_size if draft else None).image)
+    return (time.perf_counter() - began) / len(paths)
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     cos = np.sum(a * b, axis=1)
     return {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
@@ -122,11 +134,12 @@ def run_model(model: str, folder: Path, n: int, batch: int, workers: int, modes:
             seconds, vectors = pipeline(encoder, paths, jpeg_draft=draft, batch=batch, workers=workers)
             name = f"pe-search ingest ({mode}{', draft JPEG' if draft else ', full decode'})"
             rows[name] = {"seconds": seconds, "cosine": _cosine(reference, vectors)}
+    decode = {f"{'draft' if d else 'full'}_ms": round(decode_cost(paths, variant.image_size, draft=d) * 1000, 1) for d in (True, False)}
     for row in rows.values():
         row["images_per_second"] = round(n / row["seconds"], 3)
         row["x_naive"] = round(naive_s / row["seconds"], 2)
         row["seconds"] = round(row["seconds"], 2)
-    return {"model": model, "n": n, "batch": batch, "workers": workers, "rows": rows}
+    return {"model": model, "n": n, "batch": batch, "workers": workers, "rows": rows, "decode_per_image_one_thread": decode}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,3 +176,5 @@ def _print(result: dict[str, Any]) -> None:
     rows = result["rows"]
     ours, compute = rows["pe-search ingest (fp32, draft JPEG)"], rows["compute only (fp32)"]
     print(f"pipeline / model compute (fp32): {ours['seconds'] / compute['seconds']:.2f}x")
+    decode = result["decode_per_image_one_thread"]
+    print(f"read + decode + preprocess on one thread: {decode['draft_ms']} ms/image with draft JPEG, {decode['full_ms']} ms full decode")
