@@ -12,7 +12,7 @@ exact flat, HNSW (efSearch sweep) and IVF-PQ (nprobe sweep, with the store's exa
 k x rerank candidates). Then the metadata fetch of 100 results from a real SQLite store, the
 call the search route makes (VectorStore.images), against fetching them one at a time.
 
-    python -m bench query --quick             # 20k vectors, well under a minute
+    python -m bench query --quick             # 10k vectors, under a minute
     python -m bench query --n 1000000 --hnsw-n 200000 --keep /tmp/pe-query-index
 """
 
@@ -236,7 +236,7 @@ def metadata_fetch(vectors: np.ndarray, rows: int, ivf_hits: list[np.ndarray], q
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench query", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20k vectors, for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="10k vectors, for a smoke test")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--hnsw-n", type=int, default=200_000, help="HNSW size (its build is the slow one on 2 cores)")
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/query.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.hnsw_n, args.queries, args.baseline_queries = 20_000, 10_000, 100, 30
+        args.n, args.hnsw_n, args.queries, args.baseline_queries = 10_000, 5_000, 100, 10
     args.hnsw_n = min(args.hnsw_n, args.n)
     db_rows = args.db_rows if args.db_rows is not None else args.n
     faiss.omp_set_num_threads(args.threads)
