@@ -154,13 +154,16 @@ def _pid() -> int:
     return os.getpid()
 
 
-def sweep(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, knob: str, values: list[int]) -> list[dict[str, Any]]:
+def sweep(
+    index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, knob: str, values: list[int],
+    reranks: tuple[int, ...] = (4, 10),
+) -> list[dict[str, Any]]:
     """Per setting: recall@10 and single-query FAISS time; for IVF-PQ also after the store's exact re-rank
     of k x rerank candidates (x4, x10 and the configured factor)."""
     rows = []
-    reranks = sorted({int(index.spec.params["rerank"]), 4, 10}) if index.spec.kind == "ivfpq" else [1]
+    factors = sorted({int(index.spec.params["rerank"]), *reranks}) if index.spec.kind == "ivfpq" else [1]
     for value in values:
-        for rerank in reranks:
+        for rerank in factors:
             found, ms = timed_queries(queries, lambda q: index.search(q, K * rerank, **{knob: value})[1])
             p50, p95 = pct(ms)
             row = {"method": index.spec.kind, "params": f"{knob}={value}", "recall_index": recall(found, truth), "p50_ms": p50, "p95_ms": p95}
@@ -246,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-budget", type=int, default=8 * 1024**3)
     parser.add_argument("--keep", type=Path, default=None, help="write each index checkpoint here (for bench startup)")
+    parser.add_argument("--nprobes", default="8,16,32,64,128", help="IVF-PQ nprobe values to sweep")
+    parser.add_argument("--reranks", default="4,10", help="IVF-PQ re-rank factors to sweep (with the configured one)")
+    parser.add_argument("--reuse", type=Path, default=None, help="load the IVF-PQ index kept by an earlier --keep run (same --n)")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: ivfpq, hnsw, metadata")
     parser.add_argument("--out", default="bench/results/query.json")
     args = parser.parse_args(argv)
@@ -298,9 +304,15 @@ def _ivfpq(args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, t
     spec = choose_spec("ivfpq", args.n, args.dim, args.memory_budget)
     plan = plan_build(spec, args.n, args.dim, args.memory_budget)
     report["ivfpq"] = {"spec": spec.params, "plan": plan.__dict__}
-    ivf, built = build_timed(spec, vectors, plan, 3)
-    size = index_file_bytes(ivf, args.keep, "ivfpq")
-    ivf_rows = sweep(ivf, vectors, queries, truth, "nprobe", [8, 16, 32, 64, 128])
+    if args.reuse:
+        ivf, built = ckpt.load(args.reuse / "ivfpq")[0], {"reused": str(args.reuse)}
+        size = (args.reuse / "ivfpq" / ckpt.read_pointer(args.reuse / "ivfpq").file).stat().st_size
+    else:
+        ivf, built = build_timed(spec, vectors, plan, 3)
+        size = index_file_bytes(ivf, args.keep, "ivfpq")
+    nprobes = [int(v) for v in args.nprobes.split(",")]
+    reranks = tuple(int(v) for v in args.reranks.split(","))
+    ivf_rows = sweep(ivf, vectors, queries, truth, "nprobe", nprobes, reranks)
     for row in ivf_rows:
         row.update(built, bytes_per_vector=round(size / args.n, 1))
     rows += ivf_rows
