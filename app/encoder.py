@@ -130,7 +130,7 @@ class PEEncoder:
         self.weights = weights
         self.device = resolve_device(device)
         self.cache_dir = cache_dir
-        self.batch_size = batch_size or DEFAULT_BATCH[self.device.type]
+        self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, DEFAULT_BATCH["cpu"])
         self.requested = {"image": image_precision, "text": text_precision}
         for kind in KINDS:
             check_precision(self.requested[kind], kind, self.device)

@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     # How many images or texts go through the model in one forward pass; unset: 32 on CPU, 256 on CUDA.
     inference_batch: int | None = Field(default=None, ge=1, le=4096)
-    # Per tower: auto takes a faster mode (bf16 with native CPU support or on CUDA, int8 on CPU) only
-    # when its embeddings of a probe set keep cosine >= 0.999 to fp32 on the loaded weights.
+    # Per tower: auto takes a faster mode (bf16 with native CPU support, or autocast on CUDA) only when
+    # its embeddings of a probe set keep cosine >= 0.999 to fp32 on the loaded weights; int8 only if asked.
     image_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     text_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     # torch.compile each tower at load (slow start, faster passes; mostly worth it on GPUs).

@@ -37,7 +37,8 @@ def run_model(model: str, modes: list[str], batch: int, reps: int) -> list[dict[
     pixels = list(probe_pixels(variant.image_size, batch))
     texts = (TEXTS * (batch // len(TEXTS) + 1))[:batch]
     rows, reference = [], {}
-    for mode in modes:
+    # fp32 first: it is every row's reference.
+    for mode in ["fp32", *(m for m in modes if m != "fp32")]:
         encoder = PEEncoder(variant, weights="random", device="cpu", image_precision=mode, text_precision=mode,
                             batch_size=batch).load()
         cases = {

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Advisory lock key held while migrating PostgreSQL ("pe" + "mg").
-_MIGRATION_LOCK = (0x7065, 0x6D67)
+# Its own first key: the writers' locks are (0x7065, collection id), and a collection id could be 0x6D67.
+_MIGRATION_LOCK = (0x706D, 0x6D67)
 
 
 def create_db_engine(url: str) -> Engine:

@@ -16,6 +16,10 @@ import pytest
 import requests
 from sqlalchemy import inspect, text
 
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
 from index import crud
 from index.db import create_db_engine, current_revision, head_revision
 from index.store import VectorStore
@@ -186,3 +190,30 @@ def test_one_writer_and_a_read_only_server_share_postgres_and_the_index_dir(post
         for server in (writer, reader):
             if server is not None:
                 server.stop()
+
+
+def test_nul_characters_get_a_4xx_on_both_backends(db_url: str, tmp_path: Path, settings: Settings) -> None:
+    """PostgreSQL refuses U+0000 in jsonb and text; SQLite stores it. Both must answer 4xx, never 500."""
+    app = create_app(settings.model_copy(update={"database_url": db_url, "data_dir": tmp_path}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        image = image_object(encode(photo(seed=4)))
+        stored = client.post("/images", json={"image": image, "metadata": {"k": "fine"}})
+        assert stored.status_code == 200, stored.text
+        image_id = stored.json()["id"]
+        requests = [
+            # New bytes each time: the same bytes again would only return the stored image.
+            ("post", "/images", {"image": image_object(encode(photo(seed=5))), "metadata": {"k": "a\x00b"}}),
+            ("post", "/images", {"image": image_object(encode(photo(seed=6))), "metadata": {"a\x00b": 1}}),
+            ("post", "/images", {"image": image_object(encode(photo(seed=7))), "metadata": {"nested": [{"k": "\x00"}]}}),
+            ("patch", f"/images/{image_id}", {"metadata": {"k": "\x00"}}),
+            ("post", "/search", {"text": "a cat", "filter": {"metadata": {"k": "\x00"}}}),
+            ("post", "/search", {"text": "a cat", "filter": {"metadata": {"k\x00": "x"}}}),
+            ("post", "/search", {"text": "a cat", "filter": {"uri_prefix": "upload:\x00"}}),
+        ]
+        for method, route, body in requests:
+            response = getattr(client, method)(route, json=body)
+            assert response.status_code == 422, (route, body, response.status_code, response.text)
+            assert "NUL" in response.text
+        # Nothing was stored, and the stored image keeps its metadata.
+        assert client.get(f"/images/{image_id}").json()["metadata"] == {"k": "fine"}
+        assert [c["count"] for c in client.get("/collections").json()] == [1]

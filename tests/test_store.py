@@ -250,7 +250,8 @@ def test_filters(store: VectorStore) -> None:
 
 def test_metadata_filters_compare_typed_values(store: VectorStore) -> None:
     collection = store.create_collection("c", model=MODEL, dim=DIM)
-    metas = [{"n": 7}, {"n": 7.0}, {"n": "abc"}, {"n": [7]}, {"n": False}, {"n": {"deep": 7}}, {}, {"s": "7 cats"}]
+    metas = [{"n": 7}, {"n": 7.0}, {"n": "abc"}, {"n": [7]}, {"n": False}, {"n": {"deep": 7}}, {}, {"s": "7 cats"},
+             {"n": "7"}, {"n": True}, {"n": 1}, {"n": 0}]
     ids = add(store, collection.id, clustered(len(metas), seed=8), meta=lambda i: metas[i])
 
     def matching(**metadata) -> set[int]:
@@ -263,6 +264,12 @@ def test_metadata_filters_compare_typed_values(store: VectorStore) -> None:
     assert matching(n=False) == {ids[4]}
     assert matching(n=[7, "abc"]) == {ids[0], ids[1], ids[2]}
     assert matching(s="7 cats") == {ids[7]}
+    # Strings never equal numbers, and booleans never equal 1 or 0 (SQLite stores true as 1).
+    assert matching(n="7") == {ids[8]}
+    assert matching(n=True) == {ids[9]}
+    assert matching(n=1) == {ids[10]}
+    assert matching(n=0) == {ids[11]}
+    assert matching(n=[True, "7"]) == {ids[8], ids[9]}
     assert matching(missing="x") == set()
     with pytest.raises(InvalidFilterError, match="finite"):
         matching(n=float("nan"))

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -75,6 +76,12 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=status, content={"message": str(exc)}, headers=headers)
 
 
+async def _refused_value(request: Request, exc: DataError) -> JSONResponse:
+    """A value the database will not store that validation let through: the client's input, not a fault."""
+    log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, exc.orig)
+    return JSONResponse(status_code=400, content={"message": "The database refused a value in the request."})
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse(status_code=500, content={"message": "Internal error."})
@@ -106,4 +113,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for base in (PESearchError, StoreError, SourceError):
         app.add_exception_handler(base, _domain_error)
+    app.add_exception_handler(DataError, _refused_value)
     app.add_exception_handler(Exception, _unexpected_error)

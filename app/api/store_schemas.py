@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-
 import math
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -14,21 +12,30 @@ from app.api.schemas import ImageObject
 from index.filters import Scalar
 
 
-
-def finite_json(value: Any) -> Any:
-    """Refuse NaN and infinities anywhere in a JSON value: they are not JSON and could not be served back."""
+def storable_json(value: Any) -> Any:
+    """Refuse what a JSON column cannot hold back: NaN, infinities, and NUL characters
+    (PostgreSQL's jsonb and text refuse U+0000), anywhere in the value, keys included."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("NaN and infinite numbers are not allowed")
-    if isinstance(value, dict):
-        for item in value.values():
-            finite_json(item)
+    if isinstance(value, str):
+        no_nul(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            no_nul(key)
+            storable_json(item)
     elif isinstance(value, list):
         for item in value:
-            finite_json(item)
+            storable_json(item)
     return value
 
 
-Metadata = Annotated[dict[str, Any], AfterValidator(finite_json)]
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters (U+0000) are not allowed")
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(storable_json)]
 COLLECTION_NAME_PATTERN = r"^[\w.-]{1,200}$"
 CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME_PATTERN, description="Letters, digits, _ . -")]
 # SQLite and PostgreSQL integer keys are signed 64-bit.
@@ -38,10 +45,10 @@ ImageId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 class SearchFilterBody(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    metadata: dict[str, Scalar | list[Scalar]] = Field(
+    metadata: Annotated[dict[str, Scalar | list[Scalar]], AfterValidator(storable_json)] = Field(
         default_factory=dict, description="key -> value (equality) or list of values (any of them)"
     )
-    uri_prefix: str | None = None
+    uri_prefix: Annotated[str, AfterValidator(no_nul)] | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
 
@@ -151,7 +158,7 @@ class CreateCollectionRequest(BaseModel):
 class IngestRequest(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"source": "/srv/photos", "kind": "folder", "collection": "photos"}]})
 
-    source: str = Field(description="A server-side folder or manifest under PE_SEARCH_INGEST_ROOTS")
+    source: Annotated[str, AfterValidator(no_nul)] = Field(description="A server-side folder or manifest under PE_SEARCH_INGEST_ROOTS")
     kind: Literal["folder", "manifest", "urls"] = "folder"
     collection: CollectionName = "default"
     column: str | None = Field(default=None, description="Manifest column holding the path or URL")

@@ -20,7 +20,7 @@ from app.api.store_schemas import (
     ImageRecord,
     PatchImageRequest,
     UploadFields,
-    finite_json,
+    storable_json,
 )
 from app.errors import InvalidInputError, UnsupportedMediaError
 from app.images import file_url
@@ -104,7 +104,7 @@ def _parse_metadata(raw: Any) -> dict[str, Any]:
     if raw in (None, ""):
         return {}
     try:
-        value = finite_json(json.loads(str(raw)))
+        value = storable_json(json.loads(str(raw)))
     except ValueError:
         raise InvalidInputError("`metadata` must be a JSON object, without NaN or infinities.") from None
     if not isinstance(value, dict):
