@@ -111,10 +111,15 @@ def training_sample(session: Session, *, collection_id: int, rows: int, batch: i
     )
     ids.sort()
     out: np.ndarray | None = None
+    filled = 0
     for start in range(0, len(ids), batch):
         blobs = session.scalars(select(Image.vector).where(Image.id.in_(ids[start : start + batch]))).all()
+        if not blobs:
+            continue
         part = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
         if out is None:  # filled in place: the sample is never held twice
             out = np.empty((len(ids), part.shape[1]), np.float32)
-        out[start : start + len(part)] = part
-    return out if out is not None else np.zeros((0, 0), np.float32)
+        out[filled : filled + len(part)] = part
+        filled += len(part)
+    # Rows deleted between reading the ids and their vectors come back short: train on what was read.
+    return out[:filled] if out is not None else np.zeros((0, 0), np.float32)
