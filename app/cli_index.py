@@ -23,6 +23,28 @@ def load_encoder(settings: Settings, model: str | None = None):  # noqa: ANN201 
     return ModelRegistry(settings).get(model)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0 (fractions allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def _print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -186,8 +208,13 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
         "(pip install 'pe-search[ray]')",
     )
     ingest.add_argument("--ray-address", help="the Ray cluster to use, e.g. HEAD:6379 (default: start a local Ray instance)")
-    ingest.add_argument("--ray-actors", type=int, help="encoder actors (default: one per GPU, else one per --ray-cpus-per-actor CPUs)")
-    ingest.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs (and torch threads) per CPU actor")
+    ingest.add_argument(
+        "--ray-actors", type=positive_int, help="encoder actors (default: one per GPU, else one per --ray-cpus-per-actor CPUs)"
+    )
+    ingest.add_argument(
+        "--ray-cpus-per-actor", type=positive_float, default=1.0,
+        help="CPUs reserved per CPU actor, also its torch threads (at least 1); TORCH_THREADS does not apply to actors",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     search = sub.add_parser("search", parents=[model_opts], help="search a collection by text, image or id")

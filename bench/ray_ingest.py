@@ -139,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         connect(None, num_cpus=os.cpu_count(), object_store_memory=512 * 1024**2)
         ray_start = round(time.monotonic() - started, 2)
+        import ray
+
+        # Bench traffic stays on loopback: the local instance must not listen on the machine's address.
+        gcs = ray.get_runtime_context().gcs_address
+        if not gcs.startswith("127.0.0.1:"):
+            raise SystemExit(f"the local Ray instance is not on loopback ({gcs}); refusing to run")
         for actors, cpus in layouts:
             results[f"ray {actors}x{cpus:g}"] = run_ray(work / "images", work, settings, args.batch, actors, cpus)
     base = results["local"]

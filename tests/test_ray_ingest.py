@@ -1,14 +1,19 @@
 """The Ray engine on a real local Ray instance: the same store as the local engine, from every kind of source.
 
-One Ray instance serves the module (2 CPUs, a small object store); each run starts its own
-pool of encoder actors (the real PE-Core architecture, random weights), as a user's run does.
+One Ray instance serves the module (2 CPUs, a small object store, on loopback only); each run
+starts its own pool of encoder actors (the real PE-Core architecture, random weights), as a
+user's run does. Without Ray the module is skipped, unless PE_SEARCH_REQUIRE_RAY is set (CI sets
+it, so a missing Ray fails the run).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -42,12 +47,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    if os.environ.get("CI"):
-        import ray  # the dev extra installs Ray: in CI a missing Ray is a failure, not a skip
-    else:
-        ray = pytest.importorskip("ray")
+    if importlib.util.find_spec("ray") is None and not os.environ.get("PE_SEARCH_REQUIRE_RAY"):
+        pytest.skip("Ray is not installed (pip install 'pe-search[ray]')")
+    # connect() before any import of ray: Ray reads its loopback switch when first imported.
     started = connect(None, num_cpus=2, object_store_memory=300 * 1024**2)
-    yield ray.get_runtime_context().gcs_address
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    # Tests talk to loopback only: the instance, and the CLI joining it below, must not use the machine's address.
+    assert address.startswith("127.0.0.1:"), address
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    yield address
     if started:
         ray.shutdown()
 
@@ -215,6 +225,80 @@ def test_actors_that_cannot_load_the_model_stop_the_run_with_the_cause(
     assert (info.count, len(store.failures(info.id))) == (0, 0)
 
 
+def test_batches_committed_before_the_actors_die_stay_and_a_rerun_resumes(
+    tmp_path: Path, ray_address: str, settings: Settings
+) -> None:
+    """The actor killed mid-run (as by the OOM killer) and its restart unable to load the model: the run stops
+    with the cause, the batch committed before stays stored and indexed, and a re-run reads only the rest."""
+    import open_clip
+    import ray
+    import torch
+
+    from app.variants import get_variant
+
+    paths = make_photos(tmp_path / "photos")
+    web = tmp_path / "web"
+    web.mkdir()
+    for i in range(8):
+        (web / f"w{i}.jpg").write_bytes(encode(photo(120 + 4 * i, 100, seed=4000 + i), "JPEG"))
+    release = threading.Event()
+
+    class HeldHandler(SimpleHTTPRequestHandler):
+        """Serves the folder once released: the actor stays busy on the URL batches until the test has killed it."""
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            release.wait(timeout=300)
+            super().do_GET()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(HeldHandler, directory=str(web)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # One batch of 4 files, then two batches of URLs: with batches of 4, the files are committed first.
+    lines = ["path"] + [str(p) for p in paths[:4]] + [f"{base}/w{i}.jpg" for i in range(8)]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    weights = tmp_path / "t16.pt"
+    model = open_clip.create_model(get_variant(TEST_MODEL).open_clip_name, pretrained=None)
+    torch.save(model.state_dict(), weights)
+    from_file = settings.model_copy(update={
+        "weights": str(weights), "url_allow_http": True, "url_allow_ip_hosts": True, "url_allow_private_hosts": True,
+    })
+    store = open_store(tmp_path / "store")
+    committed: list[int] = []
+
+    def kill_the_actor_after_the_first_batch(collection: str, stored: int, failed: int) -> None:
+        committed.append(stored)
+        if len(committed) == 1:
+            weights.unlink()  # the restarted actor cannot load the model any more
+            # The GCS actor table (no dashboard here for ray.util.state): the pool's live actor and its pid.
+            table = list(ray._private.state.actors(actor_state_name="ALIVE").values())
+            pids = [actor["Pid"] for actor in table if "MapWorker" in actor["ActorClassName"]]
+            assert len(pids) == 1, [actor["ActorClassName"] for actor in table]
+            os.kill(pids[0], signal.SIGKILL)
+
+    ingestor = RayIngestor(
+        store=store, settings=from_file, model=TEST_MODEL, batch_size=4, options=RayOptions(actors=1),
+        on_batch=kill_the_actor_after_the_first_batch,
+    )
+    try:
+        with pytest.raises(RayIngestError, match="re-run to resume"):
+            ingestor.run(manifest_items(tmp_path / "manifest.csv"), collection="c")
+    finally:
+        release.set()
+    try:
+        assert committed == [4]
+        info = store.collection("c")
+        assert (info.count, info.indexed) == (4, 4)
+        # The checkpoint on the way out holds the committed batch: a fresh process finds it indexed.
+        assert open_store(tmp_path / "store").collection("c").indexed == 4
+
+        torch.save(model.state_dict(), weights)
+        again = ray_run(store, from_file, manifest_items(tmp_path / "manifest.csv"))
+        assert (again.unchanged, again.added, again.failed) == (4, 8, [])
+        assert store.collection("c").count == 12
+    finally:
+        httpd.shutdown()
+
+
 @pytest.fixture()
 def web_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A loopback HTTP server over a folder of photos."""
@@ -284,3 +368,47 @@ def test_without_ray_or_pyarrow_the_errors_say_what_to_install(tmp_path: Path, m
     monkeypatch.setenv("PE_SEARCH_WEIGHTS", "random")
     code = cli_main(["ingest", str(tmp_path / "photos"), "--engine", "ray", "--quiet"])
     assert code == 2 and "the Ray engine needs Ray: pip install 'pe-search[ray]'" in capsys.readouterr().err
+
+
+def test_parquet_binary_columns_stay_out_of_the_metadata(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Hugging Face-style manifest carries the image bytes: the metadata keeps the other columns, not a copy of them."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    paths = make_photos(tmp_path / "photos")
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "path": [str(p) for p in paths[:2]],
+        "label": ["cat", "dog"],
+        "image": pa.array([{"bytes": p.read_bytes(), "path": p.name} for p in paths[:2]], type=image_type),
+        "thumbnail": pa.array([b"\x89PNG", b"\xff\xd8"], type=pa.binary()),
+        "tags": [["a", "b"], []],
+    })
+    pq.write_table(table, tmp_path / "manifest.parquet")
+
+    with caplog.at_level(logging.INFO, logger="app.ingest.sources"):
+        items = list(manifest_items(tmp_path / "manifest.parquet"))
+
+    assert [item.uri for item in items] == [str(p.resolve()) for p in paths[:2]]
+    assert [item.metadata for item in items] == [{"label": "cat", "tags": ["a", "b"]}, {"label": "dog", "tags": []}]
+    assert "binary columns left out of the metadata: image, thumbnail" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--ray-cpus-per-actor", "0", "argument --ray-cpus-per-actor: must be above 0, got 0"),
+        ("--ray-cpus-per-actor", "nan", "argument --ray-cpus-per-actor: must be above 0, got nan"),
+        ("--ray-cpus-per-actor", "one", "argument --ray-cpus-per-actor: expected a number, got 'one'"),
+        ("--ray-actors", "-2", "argument --ray-actors: must be at least 1, got -2"),
+        ("--ray-actors", "1.5", "argument --ray-actors: expected a whole number, got '1.5'"),
+    ],
+)
+def test_ray_options_out_of_range_are_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    make_photos(tmp_path / "photos")
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["ingest", str(tmp_path / "photos"), "--engine", "ray", option, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

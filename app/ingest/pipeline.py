@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,12 +24,13 @@ from app.errors import ImageLoadError
 from app.fetch import UrlFetcher
 from app.imaging import decode_reduced, image_format
 from app.ingest.sources import Rejected, SourceItem
-from app.ingest.writer import BatchObserver, IngestSummary, Progress, chunks, commit_batch, image_row, unchanged_uris
+from app.ingest.writer import (
+    BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,
+)
 from index.crud import NewImage
 from index.store import CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
-CHECKPOINT_EVERY_SECONDS = 60.0
 
 
 @dataclass
@@ -68,9 +68,6 @@ class Preparer:
         self.min_side = encoder.variant.image_size if jpeg_draft else None
 
     def prepare(self, item: SourceItem) -> _Prepared | Rejected:
-        return self._prepare(item)
-
-    def _prepare(self, item: SourceItem) -> _Prepared | Rejected:
         try:
             data = self._read(item)
             decoded = decode_reduced(data, min_side=self.min_side)
@@ -130,32 +127,23 @@ class Ingestor:
     ) -> IngestSummary:
         info = self.store.ensure_collection(collection, model=self.encoder.variant.version_id, dim=self.encoder.variant.dim)
         summary = IngestSummary()
-        started = last_checkpoint = time.monotonic()
         batch: list[_Prepared] = []
         rejected: list[Rejected] = []
-        for outcome in self._outcomes(items, info.id):
-            if isinstance(outcome, _Unchanged):
-                summary.unchanged += 1
-            elif isinstance(outcome, Rejected):
-                rejected.append(outcome)
-            else:
-                batch.append(outcome)
-            if len(batch) >= self.batch_size or len(rejected) >= self.batch_size:
-                self._write(info, batch, rejected, summary)
-                batch, rejected = [], []
-                summary.seconds = time.monotonic() - started
-                if progress:
-                    progress(summary)
-                if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_SECONDS:
-                    self.store.checkpoint(collection)
-                    last_checkpoint = time.monotonic()
-            if cancel is not None and cancel.is_set():
-                break
-        self._write(info, batch, rejected, summary)
-        self.store.checkpoint(collection)
-        summary.seconds = time.monotonic() - started
-        if progress:
-            progress(summary)
+        with RunClock(store=self.store, collection=collection, summary=summary, progress=progress) as clock:
+            for outcome in self._outcomes(items, info.id):
+                if isinstance(outcome, _Unchanged):
+                    summary.unchanged += 1
+                elif isinstance(outcome, Rejected):
+                    rejected.append(outcome)
+                else:
+                    batch.append(outcome)
+                if len(batch) >= self.batch_size or len(rejected) >= self.batch_size:
+                    self._write(info, batch, rejected, summary)
+                    batch, rejected = [], []
+                    clock.committed()
+                if cancel is not None and cancel.is_set():
+                    break
+            self._write(info, batch, rejected, summary)
         return summary
 
     def _outcomes(self, items: Iterable[SourceItem | Rejected], collection_id: int) -> Iterator[Outcome]:
@@ -178,11 +166,13 @@ class Ingestor:
     def _write(self, info: CollectionInfo, batch: list[_Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
         if not batch and not rejected:
             return
-        vectors = self._embed(self._unstored(info.id, batch))
+        pixels = [(p.sha256, p.pixels) for p in batch]
+        stored = self.store.existing_shas(info.id, [sha256 for sha256, _ in pixels])
+        vectors = embed_unique(self.encoder, [pair for pair in pixels if pair[0] not in stored])
         commit_batch(
             self.store, info=info, rows=self._rows(batch, vectors), failures=[(r.uri, r.reason) for r in rejected],
             summary=summary, on_batch=self.on_batch,
-            embed_missing=lambda shas: self._embed({p.sha256: p.pixels for p in batch if p.sha256 in set(shas)}),
+            embed_missing=lambda shas: embed_unique(self.encoder, [pair for pair in pixels if pair[0] in set(shas)]),
         )
 
     @staticmethod
@@ -194,17 +184,3 @@ class Ingestor:
             )
             for p in batch
         ]
-
-    def _unstored(self, collection_id: int, batch: list[_Prepared]) -> dict[str, torch.Tensor]:
-        """Pixels of each content not stored yet, once each even when repeated in the batch."""
-        stored = self.store.existing_shas(collection_id, [p.sha256 for p in batch])
-        todo: dict[str, torch.Tensor] = {}
-        for prepared in batch:
-            if prepared.sha256 not in stored:
-                todo.setdefault(prepared.sha256, prepared.pixels)
-        return todo
-
-    def _embed(self, pixels: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        if not pixels:
-            return {}
-        return dict(zip(pixels, self.encoder.embed_pixels(list(pixels.values()))))

@@ -17,7 +17,6 @@ import importlib.util
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,14 +27,18 @@ import numpy as np
 
 from app.errors import PESearchError
 from app.ingest.sources import Rejected, SourceItem
-from app.ingest.writer import BatchObserver, IngestSummary, Progress, chunks, commit_batch, image_row, unchanged_uris
+from app.ingest.writer import (
+    BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,
+)
 from app.settings import Settings
 from app.variants import get_variant
 from index.store import CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
-CHECKPOINT_EVERY_SECONDS = 60.0
 _SKIP_CHUNK = 1024
+# Batches a Ray block holds once the input is large, so the block count (Ray Data keeps state per block) grows
+# with the input / 64 batches rather than with every batch; map_batches still hands actors one batch at a time.
+_BATCHES_PER_BLOCK = 64
 
 
 class RayUnavailableError(PESearchError):
@@ -59,10 +62,18 @@ class RayOptions:
     address: str | None = None
     # Encoder actors; default: one per GPU of the cluster, else one per `cpus_per_actor` CPUs.
     actors: int | None = None
-    # CPUs reserved by each CPU actor; Ray gives its torch as many threads (OMP_NUM_THREADS).
+    # CPUs reserved by each CPU actor; its torch runs as many threads (at least 1), whatever TORCH_THREADS says.
     cpus_per_actor: float = 1.0
     # Decode threads inside each actor, ahead of its forward pass.
     decode_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"actors must be at least 1, not {self.actors}")
+        if not self.cpus_per_actor > 0:
+            raise ValueError(f"cpus_per_actor must be above 0, not {self.cpus_per_actor}")
+        if self.decode_threads < 1:
+            raise ValueError(f"decode_threads must be at least 1, not {self.decode_threads}")
 
 
 class EmbedActor:
@@ -89,9 +100,7 @@ class EmbedActor:
             for uri, path, url in zip(batch["uri"], batch["path"], batch["url"])
         ]
         outcomes = list(self.pool.map(self.preparer.prepare, items))
-        # Content repeated within the batch goes through the model once.
-        pixels = {o.sha256: o.pixels for o in outcomes if not isinstance(o, Rejected)}
-        vectors = dict(zip(pixels, self.encoder.embed_pixels(list(pixels.values()))))
+        vectors = embed_unique(self.encoder, [(o.sha256, o.pixels) for o in outcomes if not isinstance(o, Rejected)])
         blank = np.zeros(self.encoder.variant.dim, dtype=np.float32)
         return {
             "n": np.asarray(batch["n"]),
@@ -110,16 +119,22 @@ class EmbedActor:
 def connect(address: str | None = None, **local_options: Any) -> bool:
     """Join the cluster at `address`, or start a local Ray instance; False if this process was already connected.
 
-    `local_options` (num_cpus, object_store_memory...) apply only to a local start.
+    A local instance serves this machine only: all its processes listen on 127.0.0.1, not on
+    the machine's network address. `local_options` (num_cpus, object_store_memory...) apply
+    only to a local start.
     """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home, and no network needed
+    if address is None:
+        # Ray on Linux swaps a loopback node address for the machine's own unless this is off; it reads it
+        # when first imported, here and in every process the instance starts (they inherit the environment).
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
     except ImportError:
         raise RayUnavailableError() from None
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home, and no network needed
-    options = {} if address else local_options
+    options = {"_node_ip_address": "127.0.0.1", **local_options} if address is None else {}
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **options)
     return True
 
@@ -156,29 +171,16 @@ class RayIngestor:
         connect(self.options.address)
         info = self.store.ensure_collection(collection, model=self.variant.version_id, dim=self.variant.dim)
         summary = IngestSummary()
-        started = time.monotonic()
-
-        def report() -> None:
-            summary.seconds = time.monotonic() - started
-            if progress:
-                progress(summary)
-
         from ray.exceptions import RayError
 
-        todo = self._to_read(items, info, summary, report)
-        last_checkpoint = time.monotonic()
-        try:
-            for results in self._embedded(todo) if todo else ():
-                self._commit(info, todo, results, summary)
-                report()
-                if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_SECONDS:
-                    self.store.checkpoint(collection)
-                    last_checkpoint = time.monotonic()
-        except RayError as exc:
-            raise RayIngestError(_last_line(exc)) from exc
-        finally:
-            self.store.checkpoint(collection)
-        report()
+        with RunClock(store=self.store, collection=collection, summary=summary, progress=progress) as clock:
+            todo = self._to_read(items, info, summary, clock.report)
+            try:
+                for results in self._embedded(todo) if todo else ():
+                    self._commit(info, todo, results, summary)
+                    clock.committed()
+            except RayError as exc:
+                raise RayIngestError(_last_line(exc)) from exc
         return summary
 
     def _to_read(
@@ -208,20 +210,24 @@ class RayIngestor:
         from ray.data import ActorPoolStrategy
 
         gpus = cluster_gpus()
-        blocks = max(1, math.ceil(len(todo) / self.batch_size))
+        batches = max(1, math.ceil(len(todo) / self.batch_size))
         default = gpus or max(1, int(ray.cluster_resources().get("CPU", 1) // self.options.cpus_per_actor))
         # Never more actors than batches: each one is a process and a model load.
-        actors = min(self.options.actors or default, blocks)
+        actors = min(self.options.actors or default, batches)
+        blocks = block_count(len(todo), batch_size=self.batch_size, actors=actors)
+        # GPU actors keep Ray's thread default; a CPU actor's torch threads match the CPUs it reserved.
+        threads = 0 if gpus else max(1, int(self.options.cpus_per_actor))
         rows = [
             {"n": n, "uri": item.uri, "path": str(item.path) if item.path else "", "url": item.url or ""}
             for n, item in enumerate(todo)
         ]
         with _data_context(preserve_order=True, progress_bars=False):  # the caller's Progress reports instead
             dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+            del rows  # now in Ray's object store
             dataset = dataset.map_batches(
                 EmbedActor,
                 fn_constructor_kwargs={
-                    "settings": _for_workers(self.settings), "model": self.variant.version_id,
+                    "settings": _for_workers(self.settings, torch_threads=threads), "model": self.variant.version_id,
                     "decode_threads": self.options.decode_threads,
                 },
                 batch_size=self.batch_size,
@@ -231,8 +237,11 @@ class RayIngestor:
                 num_gpus=1 if gpus else None,
                 num_cpus=None if gpus else self.options.cpus_per_actor,
             )
-        log.info("Ray ingest: %d items over %d %s actors", len(rows), actors, "GPU" if gpus else "CPU")
-        yield from dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2)
+        log.info("Ray ingest: %d items in %d blocks over %d %s actors", len(todo), blocks, actors, "GPU" if gpus else "CPU")
+        # No prefetch: Ray Data's prefetcher holds results back until it has that many more blocks, so a batch
+        # would wait for later ones before its commit (and be lost with them if an actor then fails).
+        # The pool works ahead anyway; the driver's commit is short beside an actor's batch.
+        yield from dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=0)
 
     def _commit(self, info: CollectionInfo, todo: list[SourceItem], results: dict[str, np.ndarray], summary: IngestSummary) -> None:
         rows, failures = [], []
@@ -249,15 +258,27 @@ class RayIngestor:
         commit_batch(self.store, info=info, rows=rows, failures=failures, summary=summary, on_batch=self.on_batch)
 
 
+def block_count(items: int, *, batch_size: int, actors: int) -> int:
+    """Ray blocks for `items`: a few per actor to keep them all busy, more only as the input grows, never empty ones."""
+    batches = max(1, math.ceil(items / batch_size))
+    return max(1, min(batches, max(4 * actors, items // (batch_size * _BATCHES_PER_BLOCK))))
+
+
 def _last_line(exc: Exception) -> str:
     """The worker's own error, which Ray puts last under its traceback."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
 
 
-def _for_workers(settings: Settings) -> Settings:
-    """The driver's settings without its API keys: actors need the model and fetch rules, not secrets."""
-    return settings.model_copy(update={"api_keys": "", "read_api_keys": "", "api_keys_file": None})
+def _for_workers(settings: Settings, *, torch_threads: int) -> Settings:
+    """The driver's settings for the actors: without its API keys, and with the actors' own thread count.
+
+    Actors need the model and fetch rules, not secrets. The driver's TORCH_THREADS sizes its own
+    process; an actor's threads follow the CPUs Ray reserved for it (0: Ray's default, OMP_NUM_THREADS).
+    """
+    return settings.model_copy(
+        update={"api_keys": "", "read_api_keys": "", "api_keys_file": None, "torch_threads": torch_threads}
+    )
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 from app.fetch import is_http_url
 
+log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LOCATION_COLUMNS = ("path", "url", "uri", "file", "image", "filename")
 
@@ -155,14 +157,32 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             f"{path}: reading Parquet needs pyarrow; install it with pip install 'pe-search[ray]' (or pyarrow)"
         ) from None
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
-        number = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                number += 1
-                yield number, {key: _plain(value) for key, value in row.items()}
+        with pq.ParquetFile(path) as parquet:
+            schema = parquet.schema_arrow
+            binary = [f.name for f in schema if _holds_bytes(f.type)]
+            if binary:
+                # Image bytes (a Hugging Face-style manifest) would copy every image into the metadata JSON.
+                log.info("%s: binary columns left out of the metadata: %s", path, ", ".join(binary))
+            columns = [f.name for f in schema if f.name not in binary]
+            number = 0
+            for batch in parquet.iter_batches(batch_size=4096, columns=columns):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, {key: _plain(value) for key, value in row.items()}
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
         raise SourceError(f"cannot read {path} as Parquet: {exc}") from exc
+
+
+def _holds_bytes(kind: Any) -> bool:
+    """Whether a Parquet column's Arrow type is binary, or nests binary (in a struct, list, map or dictionary)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        return _holds_bytes(kind.value_type)
+    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary, pa.types.is_binary_view)
+    if any(test(kind) for test in binary):
+        return True
+    return any(_holds_bytes(kind.field(i).type) for i in range(kind.num_fields))
 
 
 def _plain(value: Any) -> Any:
@@ -175,6 +195,4 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, bytes):
-        return value.hex()
     return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -6,9 +6,11 @@ what reaches the store, and the summary a run reports, must not depend on the en
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +18,14 @@ from app.ingest.sources import Rejected, SourceItem
 from index.crud import NewImage
 from index.errors import MissingVectorError
 from index.store import CollectionInfo, VectorStore
+
+if TYPE_CHECKING:
+    import torch
+
+    from app.encoder import PEEncoder
+
+# A crash loses at most this much indexing work: the vectors are in the database anyway.
+CHECKPOINT_EVERY_SECONDS = 60.0
 
 
 @dataclass
@@ -48,6 +58,57 @@ Progress = Callable[[IngestSummary], None]
 BatchObserver = Callable[[str, int, int], None]
 # Vectors for content the store lost between embedding and commit, by sha256.
 EmbedMissing = Callable[[list[str]], dict[str, np.ndarray]]
+
+
+class RunClock:
+    """What follows each committed batch in every engine: the run's time and progress, and an index checkpoint a minute.
+
+    As a context manager it checkpoints once more on the way out, also when the run stops on
+    an error, so the saved index holds every committed batch; progress is reported last on success.
+    """
+
+    def __init__(
+        self, *, store: VectorStore, collection: str, summary: IngestSummary, progress: Progress | None = None,
+        every: float = CHECKPOINT_EVERY_SECONDS,
+    ) -> None:
+        self.store = store
+        self.collection = collection
+        self.summary = summary
+        self.progress = progress
+        self.every = every
+        self.started = self.last_checkpoint = time.monotonic()
+
+    def report(self) -> None:
+        self.summary.seconds = time.monotonic() - self.started
+        if self.progress:
+            self.progress(self.summary)
+
+    def committed(self) -> None:
+        """After a batch: progress, and a checkpoint once `every` seconds have passed since the last one."""
+        self.report()
+        if time.monotonic() - self.last_checkpoint > self.every:
+            self.store.checkpoint(self.collection)
+            self.last_checkpoint = time.monotonic()
+
+    def __enter__(self) -> RunClock:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.store.checkpoint(self.collection)
+        if kind is None:
+            self.report()
+
+
+def embed_unique(encoder: PEEncoder, pixels: Iterable[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """A vector per sha256 of the (sha256, pixels) pairs: content repeated in a batch goes through the model once."""
+    unique: dict[str, torch.Tensor] = {}
+    for sha256, tensor in pixels:
+        unique.setdefault(sha256, tensor)
+    if not unique:
+        return {}
+    return dict(zip(unique, encoder.embed_pixels(list(unique.values()))))
 
 
 def unchanged_uris(store: VectorStore, *, collection_id: int, entries: Iterable[SourceItem | Rejected]) -> set[str]:
