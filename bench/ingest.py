@@ -56,9 +56,9 @@ def naive_loop(encoder: Any, paths: list[Path]) -> tuple[float, np.ndarray]:
     began = time.perf_counter()
     with torch.no_grad():
         for path in paths:
-            pixels = preprocess(Image.open(path).convert("RGB")).unsqueeze(0)
+            pixels = preprocess(Image.open(path).convert("RGB")).unsqueeze(0).to(encoder.device)
             features = model.encode_image(pixels)
-            out.append(torch.nn.functional.normalize(features, dim=-1).numpy())
+            out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
     return time.perf_counter() - began, np.concatenate(out)
 
 
@@ -115,19 +115,21 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
 
 
-def run_model(model: str, folder: Path, n: int, batch: int, workers: int, modes: list[str]) -> dict[str, Any]:
+def run_model(model: str, folder: Path, n: int, batch: int, workers: int, modes: list[str], device: str) -> dict[str, Any]:
     from app.encoder import PEEncoder
     from app.variants import get_variant
 
     paths = sorted(folder.glob("*.jpg"))[:n]
     variant = get_variant(model)
-    fp32 = PEEncoder(variant, weights="random", device="cpu", image_precision="fp32", batch_size=batch).load()
+    fp32 = PEEncoder(variant, weights="random", device=device, image_precision="fp32", batch_size=batch).load()
+    if fp32.device.type != "cpu":
+        modes = [m for m in modes if m != "int8"]  # dynamic quantisation is CPU-only
     pipeline(fp32, paths[:2], jpeg_draft=True, batch=batch, workers=workers)  # warm-up: first-pass allocations
     naive_s, reference = naive_loop(fp32, paths)
     rows: dict[str, Any] = {"naive loop": {"seconds": naive_s, "cosine": _cosine(reference, reference)}}
     rows["compute only (fp32)"] = {"seconds": compute_only(fp32, paths, batch)}
     for mode in modes:
-        encoder = fp32 if mode == "fp32" else PEEncoder(variant, weights="random", device="cpu", image_precision=mode, batch_size=batch).load()
+        encoder = fp32 if mode == "fp32" else PEEncoder(variant, weights="random", device=device, image_precision=mode, batch_size=batch).load()
         if mode != "fp32":
             rows[f"compute only ({mode})"] = {"seconds": compute_only(encoder, paths, batch)}
         for draft in (True, False) if mode == "fp32" else (True,):
@@ -139,7 +141,7 @@ def run_model(model: str, folder: Path, n: int, batch: int, workers: int, modes:
         row["images_per_second"] = round(n / row["seconds"], 3)
         row["x_naive"] = round(naive_s / row["seconds"], 2)
         row["seconds"] = round(row["seconds"], 2)
-    return {"model": model, "n": n, "batch": batch, "workers": workers, "rows": rows, "decode_per_image_one_thread": decode}
+    return {"model": model, "device": str(fp32.device), "n": n, "batch": batch, "workers": workers, "rows": rows, "decode_per_image_one_thread": decode}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=0, help="images per model (default: per model, see DEFAULT_N)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--modes", default="fp32,int8")
+    parser.add_argument("--modes", default="fp32,int8", help="image-tower precisions; int8 is skipped off the CPU")
+    parser.add_argument("--device", default="auto", help="auto: CUDA when present")
     parser.add_argument("--quick", action="store_true", help="T16 on 8 images: a smoke run")
     parser.add_argument("--out", default="bench/results/ingest.json")
     args = parser.parse_args(argv)
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         make_jpegs(Path(tmp), count)
         for model in models:
             n = 8 if args.quick else args.n or DEFAULT_N.get(model, 32)
-            result = run_model(model, Path(tmp), n, args.batch, args.workers, args.modes.split(","))
+            result = run_model(model, Path(tmp), n, args.batch, args.workers, args.modes.split(","), args.device)
             results.append(result)
             _print(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"\n{result['model']}: {result['n']} JPEGs 640x480..4000x3000, batch {result['batch']}, {result['workers']} decode threads")
+    print(f"\n{result['model']} on {result['device']}: {result['n']} JPEGs 640x480..4000x3000, batch {result['batch']}, {result['workers']} decode threads")
     print(f"{'path':<44}{'s':>8}{'img/s':>8}{'x naive':>9}{'cos mean':>10}{'cos min':>9}")
     for name, row in result["rows"].items():
         cos = row.get("cosine") or {}

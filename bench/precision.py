@@ -29,7 +29,7 @@ def _time(fn: Any, reps: int) -> float:
     return (time.perf_counter() - began) / reps
 
 
-def run_model(model: str, modes: list[str], batch: int, reps: int) -> list[dict[str, Any]]:
+def run_model(model: str, modes: list[str], batch: int, reps: int, device: str) -> list[dict[str, Any]]:
     from app.encoder import PEEncoder, probe_pixels
     from app.variants import get_variant
 
@@ -39,7 +39,7 @@ def run_model(model: str, modes: list[str], batch: int, reps: int) -> list[dict[
     rows, reference = [], {}
     # fp32 first: it is every row's reference.
     for mode in ["fp32", *(m for m in modes if m != "fp32")]:
-        encoder = PEEncoder(variant, weights="random", device="cpu", image_precision=mode, text_precision=mode,
+        encoder = PEEncoder(variant, weights="random", device=device, image_precision=mode, text_precision=mode,
                             batch_size=batch).load()
         cases = {
             ("image", batch): lambda: encoder.embed_pixels(pixels),
@@ -51,7 +51,7 @@ def run_model(model: str, modes: list[str], batch: int, reps: int) -> list[dict[
             vectors = fn()
             reference.setdefault((kind, size), vectors)
             cosine = np.sum(vectors * reference[(kind, size)], axis=1)
-            rows.append({"model": model, "tower": kind, "batch": size, "mode": mode,
+            rows.append({"model": model, "device": str(encoder.device), "tower": kind, "batch": size, "mode": mode,
                          "ms_per_item": round(seconds / size * 1000, 2), "cos_min": round(float(cosine.min()), 5)})
         del encoder
     for row in rows:
@@ -66,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="fp32,bf16,int8")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto: CUDA when present (use fp16/bf16 modes there, not int8)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="bench/results/precision.json")
     args = parser.parse_args(argv)
     models = ["PE-Core-T16-384"] if args.quick else args.models.split(",")
     batch, reps = (4, 1) if args.quick else (args.batch, args.reps)
-    rows = [row for model in models for row in run_model(model, args.modes.split(","), batch, reps)]
+    rows = [row for model in models for row in run_model(model, args.modes.split(","), batch, reps, args.device)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": describe(), "rows": rows}, indent=2))
     print(f"{'model':<18}{'tower':<7}{'batch':>6}{'mode':>6}{'ms/item':>10}{'x fp32':>8}{'cos min':>9}")

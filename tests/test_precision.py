@@ -100,3 +100,10 @@ def test_compiled_towers_embed_like_eager_ones(encoder: PEEncoder) -> None:
     images = [photo(240, 180, seed=s) for s in range(2)]
     np.testing.assert_allclose(compiled.embed_images(images), encoder.embed_images(images), atol=1e-5)
     np.testing.assert_allclose(compiled.embed_texts(["a cat", "two dogs"]), encoder.embed_texts(["a cat", "two dogs"]), atol=1e-5)
+
+
+def test_forward_batch_defaults_to_the_cpu_size_and_follows_the_setting() -> None:
+    from app.encoder import DEFAULT_BATCH
+
+    assert PEEncoder(VARIANT, weights="random", device="cpu").batch_size == DEFAULT_BATCH["cpu"] == 32
+    assert PEEncoder(VARIANT, weights="random", device="cpu", batch_size=5).batch_size == 5
