@@ -261,6 +261,9 @@ def test_batches_committed_before_the_actors_die_stay_and_a_rerun_resumes(
     torch.save(model.state_dict(), weights)
     from_file = settings.model_copy(update={
         "weights": str(weights), "url_allow_http": True, "url_allow_ip_hosts": True, "url_allow_private_hosts": True,
+        # The held URLs must still be in flight when the actor is killed, however slow the machine:
+        # with the default 15 s read timeout, a slow CI run saw them fail first and commit a batch of failures.
+        "url_read_timeout": 600.0,
     })
     store = open_store(tmp_path / "store")
     committed: list[int] = []
