@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.fetch import UrlPolicy
-from app.variants import DEFAULT_VERSION_ID, VARIANTS
+from app.media.fetch import UrlPolicy
+from app.model.variants import DEFAULT_VERSION_ID, VARIANTS
 
 
 class Settings(BaseSettings):

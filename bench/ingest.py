@@ -49,7 +49,7 @@ def make_jpegs(folder: Path, n: int) -> list[Path]:
 
 def naive_loop(encoder: Any, paths: list[Path]) -> tuple[float, np.ndarray]:
     """What a user writes with open_clip: one image at a time, fp32, decode and model in series."""
-    from app.encoder import pe_transform
+    from app.model.encoder import pe_transform
 
     model, preprocess = encoder._require_model(), pe_transform(encoder.variant.image_size)
     out = []
@@ -63,10 +63,10 @@ def naive_loop(encoder: Any, paths: list[Path]) -> tuple[float, np.ndarray]:
 
 
 def pipeline(encoder: Any, paths: list[Path], *, jpeg_draft: bool, batch: int, workers: int) -> tuple[float, np.ndarray]:
-    from app.fetch import UrlFetcher, UrlPolicy
+    from app.media.fetch import UrlFetcher, UrlPolicy
     from app.ingest.pipeline import Ingestor
     from app.ingest.sources import folder_items
-    from app.main import open_store
+    from app.api.app import open_store
     from app.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +89,7 @@ def pipeline(encoder: Any, paths: list[Path], *, jpeg_draft: bool, batch: int, w
 
 
 def compute_only(encoder: Any, paths: list[Path], batch: int) -> float:
-    from app.imaging import decode_reduced
+    from app.media.decode import decode_reduced
 
     pixels = [encoder.transform(decode_reduced(p.read_bytes(), min_side=encoder.variant.image_size).image) for p in paths]
     began = time.perf_counter()
@@ -100,8 +100,8 @@ def compute_only(encoder: Any, paths: list[Path], batch: int) -> float:
 
 def decode_cost(paths: list[Path], image_size: int, *, draft: bool) -> float:
     """Seconds per image to read, decode and PE-preprocess on one thread: what feeding a GPU costs."""
-    from app.encoder import pe_transform
-    from app.imaging import decode_reduced
+    from app.model.encoder import pe_transform
+    from app.media.decode import decode_reduced
 
     transform = pe_transform(image_size)
     began = time.perf_counter()
@@ -116,8 +116,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def run_model(model: str, folder: Path, n: int, batch: int, workers: int, modes: list[str], device: str) -> dict[str, Any]:
-    from app.encoder import PEEncoder
-    from app.variants import get_variant
+    from app.model.encoder import PEEncoder
+    from app.model.variants import get_variant
 
     paths = sorted(folder.glob("*.jpg"))[:n]
     variant = get_variant(model)

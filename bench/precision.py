@@ -30,8 +30,8 @@ def _time(fn: Any, reps: int) -> float:
 
 
 def run_model(model: str, modes: list[str], batch: int, reps: int, device: str) -> list[dict[str, Any]]:
-    from app.encoder import PEEncoder, probe_pixels
-    from app.variants import get_variant
+    from app.model.encoder import PEEncoder, probe_pixels
+    from app.model.variants import get_variant
 
     variant = get_variant(model)
     pixels = list(probe_pixels(variant.image_size, batch))

@@ -33,9 +33,9 @@ import numpy as np
 
 from bench.machine import describe
 from bench.server import rss_bytes
-from index import checkpoint as ckpt
-from index.build import BuildPlan, build_index, plan_build
-from index.vector_index import IndexSpec, VectorIndex, choose_spec
+from index.ann import checkpoint as ckpt
+from index.ann.build import BuildPlan, build_index, plan_build
+from index.ann.vector_index import IndexSpec, VectorIndex, choose_spec
 
 K = 10
 CHUNK = 50_000

@@ -82,10 +82,10 @@ def _result(summary, timeline: _Timeline, started: float) -> dict:  # noqa: ANN0
 
 
 def run_local(folder: Path, work: Path, settings, batch: int) -> dict:  # noqa: ANN001 - Settings
-    from app.fetch import UrlFetcher
+    from app.media.fetch import UrlFetcher
     from app.ingest.pipeline import Ingestor
     from app.ingest.sources import folder_items
-    from app.registry import ModelRegistry
+    from app.model.registry import ModelRegistry
 
     encoder = ModelRegistry(settings).get(settings.model)  # loaded before the clock starts, as a server's is
     ingestor = Ingestor(

@@ -35,7 +35,7 @@ from pathlib import Path
 from bench.server import rss_bytes
 import os, faiss
 faiss.omp_set_num_threads(2)
-from index import checkpoint as ckpt
+from index.ann import checkpoint as ckpt
 directory, mmap = Path(sys.argv[1]), sys.argv[2] == "1"
 before = rss_bytes(os.getpid())
 started = time.perf_counter()
@@ -59,8 +59,8 @@ from bench.server import rss_bytes
 import torch
 from PIL import Image
 torch.set_num_threads(2)
-from app.encoder import PEEncoder
-from app.variants import get_variant
+from app.model.encoder import PEEncoder
+from app.model.variants import get_variant
 base = rss_bytes(os.getpid())
 started = time.perf_counter()
 encoder = PEEncoder(get_variant(sys.argv[1]), weights="random", device="cpu", image_precision="fp32", text_precision="fp32").load()
@@ -102,8 +102,8 @@ def model_memory(variants: list[str]) -> list[dict[str, Any]]:
 
 
 def quick_index(workdir: Path, n: int) -> Path:
-    from index import checkpoint as ckpt
-    from index.vector_index import IndexSpec, VectorIndex
+    from index.ann import checkpoint as ckpt
+    from index.ann.vector_index import IndexSpec, VectorIndex
 
     rng = np.random.default_rng(0)
     index = VectorIndex.build(IndexSpec("flat"), 1024)

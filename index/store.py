@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from index import checkpoint as ckpt
+from index.ann import checkpoint as ckpt
 from index import crud
 from index.db import current_revision, head_revision, session_factory, upgrade_database
 from index.errors import (
@@ -37,8 +37,8 @@ from index.errors import (
 )
 from index.filters import SearchFilter
 from index.models import Collection, Image, Source
-from index.build import build_index, plan_build, training_sample
-from index.vector_index import VectorIndex, choose_spec
+from index.ann.build import build_index, plan_build, training_sample
+from index.ann.vector_index import VectorIndex, choose_spec
 
 log = logging.getLogger(__name__)
 # Below this many filter matches, an approximate index's filtered search is replaced by exact

@@ -10,8 +10,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 from fastapi.testclient import TestClient
 
-from app.encoder import PEEncoder
-from app.main import create_app
+from app.model.encoder import PEEncoder
+from app.api.app import create_app
 from app.settings import Settings
 
 # `postgres_server` (one real PostgreSQL for the session), `postgres_url` (a fresh database per test)

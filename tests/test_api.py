@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.encoder import PEEncoder
+from app.model.encoder import PEEncoder
 from tests.conftest import TEST_MAX_BATCH
 from tests.images import b64, encode, image_object, photo
 
@@ -30,7 +30,7 @@ def test_embed_image_single_matches_encoder(client: TestClient, encoder: PEEncod
     body = post(client, EMBED_IMAGE, {"image": image_object(JPEG)})
     assert set(body) == RESPONSE_KEYS | {"embeddings"}
     assert body["inference_id"] is None and body["frame_id"] is None and body["time"] > 0
-    from app.imaging import decode_image
+    from app.media.decode import decode_image
 
     expected = encoder.embed_images([decode_image(JPEG)])
     np.testing.assert_allclose(np.array(body["embeddings"]), expected, atol=1e-6)

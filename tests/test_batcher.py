@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.batcher import MicroBatcher
-from app.embedder import TextCache
-from app.encoder import PEEncoder
-from app.inference import InferenceRunner
+from app.runtime.batcher import MicroBatcher
+from app.services.embedding import TextCache
+from app.model.encoder import PEEncoder
+from app.runtime.executor import InferenceRunner
 
 
 def test_concurrent_requests_merge_into_fewer_passes(encoder: PEEncoder, monkeypatch) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.encoder import PEEncoder
-from app.imaging import decode_image
+from app.model.encoder import PEEncoder
+from app.media.decode import decode_image
 from tests.images import encode, photo
 
 MODEL_ARGS = ["--model", "PE-Core-T16-384", "--weights", "random", "--device", "cpu"]

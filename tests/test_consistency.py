@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index import checkpoint as ckpt
+from index.ann import checkpoint as ckpt
 from index.filters import SearchFilter
 from tests.images import encode, image_object, photo
 from tests.test_store import DIM, MODEL, add, clustered, open_store

@@ -64,7 +64,7 @@ def test_download_step_fills_the_cache_or_says_why(tmp_path: Path, capsys, monke
     from safetensors.torch import save_file
 
     from app.cli import main
-    from app.variants import get_variant
+    from app.model.variants import get_variant
 
     variant = get_variant("PE-Core-T16-384")
     monkeypatch.setenv("PE_SEARCH_CACHE_DIR", str(tmp_path / "empty"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.encoder import PEEncoder
+from app.model.encoder import PEEncoder
 from tests.conftest import TEST_MODEL
 from tests.images import photo
 
@@ -67,7 +67,7 @@ def test_info_reports_model_device_precision_and_random_weights(encoder: PEEncod
 
 
 def test_embedding_before_load_is_an_error() -> None:
-    from app.variants import get_variant
+    from app.model.variants import get_variant
 
     with pytest.raises(RuntimeError, match="not loaded"):
         PEEncoder(get_variant(TEST_MODEL), weights="random", device="cpu").embed_texts(["x"])

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.errors import ImageLoadError
-from app.fetch import UrlFetcher, UrlPolicy, check_url, is_public_address
+from app.media.fetch import UrlFetcher, UrlPolicy, check_url, is_public_address
 from tests.images import encode, photo
 
 JPEG = encode(photo(64, 48, seed=3), "JPEG")

@@ -14,9 +14,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from app.errors import ImageLoadError
-from app.main import create_app
+from app.api.app import create_app
 from app.settings import Settings
-from app.imaging import decode_image
+from app.media.decode import decode_image
 from app.ingest.sources import Rejected, SourceError, SourceItem, manifest_items
 from tests.images import encode, photo
 from tests.test_server import _launch, _wait_ready

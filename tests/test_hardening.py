@@ -11,7 +11,7 @@ from PIL import Image
 from fastapi.testclient import TestClient
 
 from app.api.auth import KeyRing
-from app.main import create_app
+from app.api.app import create_app
 from app.settings import Settings
 from tests.conftest import TEST_MAX_BODY, TEST_MAX_IMAGE_BYTES, TEST_MAX_TEXT
 from tests.images import b64, encode, image_object, photo

@@ -1,4 +1,4 @@
-"""Decoding real image files (app.imaging) and the spec's image objects (app.image_input).
+"""Decoding real image files (app.media.decode) and the spec's image objects (app.media.image_ref).
 
 Every image here is a real file of a real format, made in memory with Pillow; no model is loaded.
 """
@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from app.errors import ImageLoadError
-from app.fetch import UrlFetcher, UrlPolicy
-from app.image_input import ImageLoader, decode_base64
-from app.imaging import decode_image
+from app.media.fetch import UrlFetcher, UrlPolicy
+from app.media.image_ref import ImageLoader, decode_base64
+from app.media.decode import decode_image
 from tests.images import b64, encode, photo
 
 RED, GREEN, BLUE, GREY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 128, 128)
@@ -653,7 +653,7 @@ def test_load_bare_hands_http_strings_to_the_fetcher(
 
 
 def test_large_jpeg_decodes_reduced_but_reports_full_upright_size() -> None:
-    from app.imaging import decode_reduced
+    from app.media.decode import decode_reduced
 
     data = encode(photo(2000, 1500), "JPEG")
     decoded = decode_reduced(data, min_side=384)

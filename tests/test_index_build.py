@@ -11,12 +11,12 @@ import faiss
 import numpy as np
 import pytest
 
-from index import checkpoint as ckpt
+from index.ann import checkpoint as ckpt
 from index import crud
-from index.build import TRAIN_COPIES, BuildPlan, build_index, index_bytes, plan_build, sample_bounds, training_sample
+from index.ann.build import TRAIN_COPIES, BuildPlan, build_index, index_bytes, plan_build, sample_bounds, training_sample
 from index.db import create_db_engine
 from index.store import VectorStore
-from index.vector_index import IndexSpec, VectorIndex, choose_spec
+from index.ann.vector_index import IndexSpec, VectorIndex, choose_spec
 
 DIM = 64
 N = 6_000

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.encoder import PEEncoder
-from app.fetch import UrlFetcher, UrlPolicy
+from app.model.encoder import PEEncoder
+from app.media.fetch import UrlFetcher, UrlPolicy
 from app.ingest.pipeline import Ingestor
 from app.ingest.sources import SourceError, folder_items, manifest_items, url_list_items
 from index.db import create_db_engine
@@ -68,7 +68,7 @@ def test_folder_of_mixed_formats_with_bad_files(tmp_path: Path, store: VectorSto
     assert len(store.failures(info.id)) == 2
     # Image-to-image: each ingested file finds itself first, with a cosine of ~1.
     for path in paths:
-        from app.imaging import decode_image
+        from app.media.decode import decode_image
 
         query = encoder.embed_images([decode_image(path.read_bytes())])[0]
         top = store.search(info.id, query, 3)[0]
@@ -203,7 +203,7 @@ def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 def test_batches_embed_like_one_by_one(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
     paths = make_folder(tmp_path / "photos", count=7)
     ingestor(store, encoder, batch_size=3).run(folder_items(tmp_path / "photos"), collection="c")
-    from app.imaging import decode_image
+    from app.media.decode import decode_image
 
     for path in paths:
         image_id = next(i for i, img in store.images(list(range(1, 50))).items() if img.uri == str(path.resolve()))
@@ -213,14 +213,14 @@ def test_batches_embed_like_one_by_one(tmp_path: Path, store: VectorStore, encod
 
 @pytest.fixture(scope="module")
 def other_encoder() -> PEEncoder:
-    from app.variants import get_variant
+    from app.model.variants import get_variant
 
     return PEEncoder(get_variant("PE-Core-S16-384"), weights="random", device="cpu").load()
 
 
 def reembed(store: VectorStore, encoder: PEEncoder, tmp_path: Path):  # noqa: ANN201
-    from app.images import UploadFiles
-    from app.reembed import reembed_collection
+    from app.services.images import UploadFiles
+    from app.services.reembed import reembed_collection
 
     return reembed_collection(
         store=store, encoder=encoder, uploads=UploadFiles(tmp_path / "uploads"),
@@ -229,7 +229,7 @@ def reembed(store: VectorStore, encoder: PEEncoder, tmp_path: Path):  # noqa: AN
 
 
 def test_reindex_with_another_model_switches_every_vector(tmp_path, store, encoder, other_encoder) -> None:
-    from app.imaging import decode_image
+    from app.media.decode import decode_image
 
     paths = make_folder(tmp_path / "photos", count=5)
     ingestor(store, encoder).run(folder_items(tmp_path / "photos"), collection="c")

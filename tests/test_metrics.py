@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.auth import KeyRing
-from app.main import create_app
+from app.api.app import create_app
 from app.settings import Settings
 from index import store as store_module
 from tests.conftest import TEST_MODEL

@@ -18,7 +18,7 @@ from sqlalchemy import inspect, text
 
 from fastapi.testclient import TestClient
 
-from app.main import create_app
+from app.api.app import create_app
 from app.settings import Settings
 from index import crud
 from index.db import create_db_engine, current_revision, head_revision

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from app import precision
-from app.encoder import PROBE_TEXTS, PEEncoder, probe_pixels
+from app.model import precision
+from app.model.encoder import PROBE_TEXTS, PEEncoder, probe_pixels
 from app.settings import Settings
-from app.variants import get_variant
+from app.model.variants import get_variant
 from tests.conftest import TEST_MODEL
 from tests.images import photo
 
@@ -103,7 +103,7 @@ def test_compiled_towers_embed_like_eager_ones(encoder: PEEncoder) -> None:
 
 
 def test_forward_batch_defaults_to_the_cpu_size_and_follows_the_setting() -> None:
-    from app.encoder import DEFAULT_BATCH
+    from app.model.encoder import DEFAULT_BATCH
 
     assert PEEncoder(VARIANT, weights="random", device="cpu").batch_size == DEFAULT_BATCH["cpu"] == 32
     assert PEEncoder(VARIANT, weights="random", device="cpu", batch_size=5).batch_size == 5

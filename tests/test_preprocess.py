@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.encoder import PEEncoder, pe_transform
-from app.variants import get_variant
+from app.model.encoder import PEEncoder, pe_transform
+from app.model.variants import get_variant
 from tests.images import photo
 
 

@@ -27,9 +27,9 @@ import pytest
 from sqlalchemy import select
 
 from app.cli import main as cli_main
-from app.encoder import PEEncoder
-from app.fetch import UrlFetcher
-from app.imaging import decode_image
+from app.model.encoder import PEEncoder
+from app.media.fetch import UrlFetcher
+from app.media.decode import decode_image
 from app.ingest.pipeline import Ingestor
 from app.ingest.ray_engine import RayIngestError, RayIngestor, RayOptions, connect
 from app.ingest.sources import SourceError, folder_items, manifest_items
@@ -234,7 +234,7 @@ def test_batches_committed_before_the_actors_die_stay_and_a_rerun_resumes(
     import ray
     import torch
 
-    from app.variants import get_variant
+    from app.model.variants import get_variant
 
     paths = make_photos(tmp_path / "photos")
     web = tmp_path / "web"

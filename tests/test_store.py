@@ -30,7 +30,7 @@ from index.errors import (
 from index.filters import SearchFilter
 from index.models import Base
 from index.store import VectorStore
-from index.vector_index import choose_spec
+from index.ann.vector_index import choose_spec
 
 DIM = 32
 MODEL = "PE-Core-T16-384"

@@ -7,7 +7,7 @@ import pytest
 
 from app.errors import UnknownModelError
 from app.settings import Settings
-from app.variants import DEFAULT_VERSION_ID, VARIANTS, get_variant
+from app.model.variants import DEFAULT_VERSION_ID, VARIANTS, get_variant
 
 EXPECTED = {
     "PE-Core-T16-384": (512, 384, 32),

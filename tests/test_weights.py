@@ -11,12 +11,12 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from app.encoder import PEEncoder
+from app.model.encoder import PEEncoder
 from app.errors import WeightsError
-from app.main import create_app
+from app.api.app import create_app
 from app.settings import Settings
-from app.variants import get_variant
-from app.weights import cached_hub_checkpoint
+from app.model.variants import get_variant
+from app.model.weights import cached_hub_checkpoint
 from tests.images import photo
 
 VARIANT = get_variant("PE-Core-T16-384")

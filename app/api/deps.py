@@ -8,14 +8,14 @@ from fastapi import Depends, Request
 
 from app.api.auth import require
 
-from app.embedder import Embedder
-from app.images import ImageService
+from app.services.embedding import Embedder
+from app.services.images import ImageService
 from app.ingest.jobs import JobManager
 from app.ingest.service import IngestService
-from app.registry import ModelRegistry
-from app.search import SearchService
+from app.model.registry import ModelRegistry
+from app.services.search import SearchService
 from app.settings import Settings
-from app.thumbnails import Thumbnails
+from app.services.thumbnails import Thumbnails
 from index.store import VectorStore
 
 

@@ -16,7 +16,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.metrics import Metrics
+from app.api.metrics import Metrics
 
 log = logging.getLogger("app.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.encoder import PEEncoder
+from app.model.encoder import PEEncoder
 from app.errors import ImageLoadError
-from app.fetch import UrlFetcher
-from app.imaging import decode_reduced, image_format
+from app.media.fetch import UrlFetcher
+from app.media.decode import decode_reduced, image_format
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
     BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,

@@ -31,7 +31,7 @@ from app.ingest.writer import (
     BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,
 )
 from app.settings import Settings
-from app.variants import get_variant
+from app.model.variants import get_variant
 from index.store import CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,9 @@ class EmbedActor:
     """
 
     def __init__(self, *, settings: Settings, model: str, decode_threads: int = 2) -> None:
-        from app.fetch import UrlFetcher
+        from app.media.fetch import UrlFetcher
         from app.ingest.pipeline import Preparer
-        from app.registry import ModelRegistry
+        from app.model.registry import ModelRegistry
 
         self.encoder = ModelRegistry(settings).get(model)
         self.preparer = Preparer(

@@ -22,7 +22,7 @@ from index.store import CollectionInfo, VectorStore
 if TYPE_CHECKING:
     import torch
 
-    from app.encoder import PEEncoder
+    from app.model.encoder import PEEncoder
 
 # A crash loses at most this much indexing work: the vectors are in the database anyway.
 CHECKPOINT_EVERY_SECONDS = 60.0

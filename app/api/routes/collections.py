@@ -7,8 +7,8 @@ from fastapi import APIRouter, Response
 from app.api.deps import ReadAccess, RegistryDep, StoreDep, WriteAccess
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import CollectionOut, CreateCollectionRequest
-from app.inference import run_blocking
-from app.variants import get_variant
+from app.runtime.executor import run_blocking
+from app.model.variants import get_variant
 
 router = APIRouter(prefix="/collections", tags=["collections"], responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
 

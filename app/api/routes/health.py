@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from app import __version__
 from app.api.deps import RegistryDep, SettingsDep
-from app.weights import describe_source
+from app.model.weights import describe_source
 
 router = APIRouter(tags=["health"])
 

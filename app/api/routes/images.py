@@ -23,8 +23,8 @@ from app.api.store_schemas import (
     storable_json,
 )
 from app.errors import InvalidInputError, UnsupportedMediaError
-from app.images import file_url
-from app.inference import run_blocking
+from app.services.images import file_url
+from app.runtime.executor import run_blocking
 
 router = APIRouter(
     prefix="/images",

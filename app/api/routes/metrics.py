@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.inference import run_blocking
-from app.metrics import Metrics
+from app.runtime.executor import run_blocking
+from app.api.metrics import Metrics
 
 router = APIRouter(include_in_schema=False)
 

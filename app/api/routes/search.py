@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import ReadAccess, SearchDep, SettingsDep
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import SearchRequest, SearchResponse
-from app.search import SearchQuery, Timing, result_dict
+from app.services.search import SearchQuery, Timing, result_dict
 from index.filters import SearchFilter
 
 router = APIRouter(

@@ -8,8 +8,8 @@ from fastapi.responses import FileResponse, Response
 from app.api.deps import ReadAccess, StoreDep, ThumbnailsDep
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import ImageId
-from app.inference import run_blocking
-from app.thumbnails import SIZES, nearest_size
+from app.runtime.executor import run_blocking
+from app.services.thumbnails import SIZES, nearest_size
 
 router = APIRouter(prefix="/images", tags=["images"], dependencies=[ReadAccess], responses={404: {"model": ErrorResponse}})
 # Content-addressed: a sha256 and a size always name the same bytes.

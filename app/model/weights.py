@@ -16,7 +16,7 @@ from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 from timm.models.eva import checkpoint_filter_fn
 
 from app.errors import WeightsError
-from app.variants import Variant
+from app.model.variants import Variant
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.cli_index import load_encoder
+from app.cli.index_commands import load_encoder
 from app.settings import Settings
-from app.variants import VARIANTS
+from app.model.variants import VARIANTS
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -23,7 +23,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.main import create_app
+    from app.api.app import create_app
 
     # uvicorn's access log would print query strings, api_key included; app.access logs instead.
     uvicorn.run(
@@ -46,7 +46,7 @@ def cmd_embed_text(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_embed_image(args: argparse.Namespace, settings: Settings) -> int:
     from app.errors import ImageLoadError
-    from app.imaging import decode_image
+    from app.media.decode import decode_image
 
     images = []
     for path in args.path:
@@ -61,7 +61,7 @@ def cmd_embed_image(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from app.weights import cached_hub_checkpoint
+    from app.model.weights import cached_hub_checkpoint
 
     rows = [
         {
@@ -87,8 +87,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
-    from app.variants import get_variant
-    from app.weights import fetch_hub_checkpoint
+    from app.model.variants import get_variant
+    from app.model.weights import fetch_hub_checkpoint
 
     print(fetch_hub_checkpoint(get_variant(settings.model), settings.cache_dir))
     return 0
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", parents=[model_opts], help="fetch a model's weights into the cache (e.g. at image build)")
     download.set_defaults(func=cmd_download)
 
-    from app.cli_index import add_commands
+    from app.cli.index_commands import add_commands
 
     add_commands(sub, model_opts)
     return parser

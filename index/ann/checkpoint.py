@@ -20,7 +20,7 @@ from typing import Any
 
 import faiss
 
-from index.vector_index import IndexSpec, VectorIndex
+from index.ann.vector_index import IndexSpec, VectorIndex
 
 log = logging.getLogger(__name__)
 POINTER = "CHECKPOINT.json"

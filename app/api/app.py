@@ -19,19 +19,19 @@ from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.request_log import RequestObserver
 from app.api.routes import collections, embedding, health, images, ingest, metrics, page, search, thumbnails
-from app.batcher import MicroBatcher
-from app.embedder import Embedder
-from app.fetch import UrlFetcher
-from app.image_input import ImageLoader
-from app.images import ImageService, UploadFiles
+from app.runtime.batcher import MicroBatcher
+from app.services.embedding import Embedder
+from app.media.fetch import UrlFetcher
+from app.media.image_ref import ImageLoader
+from app.services.images import ImageService, UploadFiles
 from app.ingest.jobs import JobManager
 from app.ingest.service import IngestService
-from app.inference import InferenceRunner, run_blocking
-from app.metrics import Metrics
-from app.registry import ModelRegistry
-from app.search import SearchService
+from app.runtime.executor import InferenceRunner, run_blocking
+from app.api.metrics import Metrics
+from app.model.registry import ModelRegistry
+from app.services.search import SearchService
 from app.settings import Settings
-from app.thumbnails import Thumbnails
+from app.services.thumbnails import Thumbnails
 from index.db import create_db_engine
 from index.errors import DataDirError
 from index.store import VectorStore

@@ -12,13 +12,13 @@ from app.settings import Settings
 
 
 def _store(settings: Settings):  # noqa: ANN202 - VectorStore, imported lazily to keep --help fast
-    from app.main import open_store
+    from app.api.app import open_store
 
     return open_store(settings)
 
 
 def load_encoder(settings: Settings, model: str | None = None):  # noqa: ANN201 - PEEncoder, imported lazily
-    from app.registry import ModelRegistry
+    from app.model.registry import ModelRegistry
 
     return ModelRegistry(settings).get(model)
 
@@ -59,7 +59,7 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store):  # noqa: ANN
         options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
         model = args.model or store.model_of(args.collection) or settings.model
         return RayIngestor(store=store, settings=settings, model=model, batch_size=batch_size, options=options)
-    from app.fetch import UrlFetcher
+    from app.media.fetch import UrlFetcher
     from app.ingest.pipeline import Ingestor
 
     encoder = load_encoder(settings, args.model or store.model_of(args.collection))
@@ -107,7 +107,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from app.imaging import decode_image
+    from app.media.decode import decode_image
 
     store = _store(settings)
     info = store.collection(args.collection)
@@ -164,9 +164,9 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     current = store.collection(args.collection)
     if args.model and args.model != current.model:
-        from app.fetch import UrlFetcher
-        from app.images import UploadFiles
-        from app.reembed import reembed_collection
+        from app.media.fetch import UrlFetcher
+        from app.services.images import UploadFiles
+        from app.services.reembed import reembed_collection
 
         result = reembed_collection(
             store=store, encoder=load_encoder(settings, args.model), uploads=UploadFiles(settings.uploads_dir),

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.embedder import Embedder
+from app.services.embedding import Embedder
 from app.errors import NotFoundError
-from app.fetch import is_http_url
-from app.imaging import decode_image, image_format
-from app.inference import run_blocking
+from app.media.fetch import is_http_url
+from app.media.decode import decode_image, image_format
+from app.runtime.executor import run_blocking
 from index.crud import NewImage
 from index.models import Image
 from index.store import VectorStore

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from app.api.schemas import ImageObject
-from app.encoder import PEEncoder
+from app.model.encoder import PEEncoder
 from app.errors import InvalidInputError, PayloadTooLargeError, TooManyItemsError
-from app.image_input import ImageLoader
-from app.batcher import MicroBatcher
-from app.inference import run_blocking
-from app.registry import ModelRegistry
+from app.media.image_ref import ImageLoader
+from app.runtime.batcher import MicroBatcher
+from app.runtime.executor import run_blocking
+from app.model.registry import ModelRegistry
 
 PromptItem = ImageObject | str
 

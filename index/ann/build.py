@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from index.models import Image
-from index.vector_index import HNSW_DEFAULTS, IVF_POINTS_PER_LIST, IndexSpec, VectorIndex, hnsw_bytes_per_vector
+from index.ann.vector_index import HNSW_DEFAULTS, IVF_POINTS_PER_LIST, IndexSpec, VectorIndex, hnsw_bytes_per_vector
 
 log = logging.getLogger(__name__)
 # Training points per centroid we ask for when the budget allows; IVF_POINTS_PER_LIST is

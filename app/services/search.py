@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from app.api.schemas import ImageObject
-from app.embedder import Embedder
+from app.services.embedding import Embedder
 from app.errors import InvalidInputError
-from app.images import file_url
-from app.inference import run_blocking
-from app.variants import get_variant
+from app.services.images import file_url
+from app.runtime.executor import run_blocking
+from app.model.variants import get_variant
 from index.errors import ModelMismatchError
 from index.filters import SearchFilter
 from index.store import CollectionInfo, VectorStore

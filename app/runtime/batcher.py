@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from app.encoder import PEEncoder
-from app.inference import InferenceRunner
+from app.model.encoder import PEEncoder
+from app.runtime.executor import InferenceRunner
 
 
 @dataclass

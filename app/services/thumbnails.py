@@ -8,9 +8,9 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 
-from app.fetch import UrlFetcher
-from app.images import UploadFiles, locate_image_file
-from app.imaging import decode_image
+from app.media.fetch import UrlFetcher
+from app.services.images import UploadFiles, locate_image_file
+from app.media.decode import decode_image
 from index.models import Image
 from index.store import VectorStore
 

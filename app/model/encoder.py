@@ -15,10 +15,10 @@ import open_clip
 import torch
 from PIL import Image
 
-from app import precision
-from app.precision import TowerMode
-from app.variants import PE_INTERPOLATION, PE_MEAN, PE_RESIZE_MODE, PE_STD, Variant
-from app.weights import (
+from app.model import precision
+from app.model.precision import TowerMode
+from app.model.variants import PE_INTERPOLATION, PE_MEAN, PE_RESIZE_MODE, PE_STD, Variant
+from app.model.weights import (
     HUB,
     RANDOM,
     RANDOM_WEIGHTS_SEED,

@@ -10,9 +10,9 @@ from functools import partial
 
 import torch
 
-from app.encoder import EncoderInfo, PEEncoder
+from app.model.encoder import EncoderInfo, PEEncoder
 from app.settings import Settings
-from app.variants import get_variant
+from app.model.variants import get_variant
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app.encoder import PEEncoder
+from app.model.encoder import PEEncoder
 from app.errors import ImageLoadError, NotFoundError
-from app.fetch import UrlFetcher
-from app.images import UploadFiles, locate_image_file
-from app.imaging import decode_image
+from app.media.fetch import UrlFetcher
+from app.services.images import UploadFiles, locate_image_file
+from app.media.decode import decode_image
 from index.models import Image
 from index.store import CollectionInfo, VectorStore
 

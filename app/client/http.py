@@ -1,11 +1,4 @@
-"""A small typed HTTP client for the pe-search API, in the style of Roboflow's `inference-sdk`.
-
-    client = PESearchClient(api_url="http://127.0.0.1:9001", api_key="...")
-    added = client.add_image("photo.jpg", metadata={"label": "dog"})
-    hits = client.search_text("a dog on a beach", top_k=5)
-
-Needs only `requests` and `numpy`; importing it loads no model and starts nothing.
-"""
+"""PESearchClient: one requests.Session to one pe-search server, each route as a typed method."""
 
 from __future__ import annotations
 
@@ -13,108 +6,28 @@ import base64
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote, urljoin
 
 import numpy as np
 import requests
 
-__all__ = [
-    "AddedImage",
-    "Collection",
-    "ImageInput",
-    "ImageRecord",
-    "IngestJob",
-    "PESearchAPIError",
-    "PESearchClient",
-    "SearchHit",
-]
-
-ImageInput = str | Path | bytes
-"""An image: a local path (str or Path), raw file bytes, or an http(s) URL string the server fetches."""
-
-IndexType = Literal["auto", "flat", "hnsw", "ivfpq"]
-IngestKind = Literal["folder", "manifest", "urls"]
-FINISHED_STATUSES = frozenset({"done", "failed", "cancelled"})
-
-
-class PESearchAPIError(Exception):
-    """The server answered with a non-2xx status; `message` is its explanation."""
-
-    def __init__(self, status_code: int, message: str, detail: Any = None) -> None:
-        super().__init__(f"HTTP {status_code}: {message}")
-        self.status_code = status_code
-        self.message = message
-        self.detail = detail  # the raw 422 `detail` list, when there is one
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    id: int
-    score: float
-    uri: str
-    width: int
-    height: int
-    format: str | None
-    metadata: dict[str, Any]
-    file_url: str  # absolute: the server's `/images/{id}/file` joined to api_url
-
-
-@dataclass(frozen=True)
-class AddedImage:
-    id: int
-    created: bool  # False when the same bytes were already stored: `id` is the existing image
-    collection: str
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    id: int
-    collection: str
-    sha256: str
-    uri: str
-    width: int
-    height: int
-    format: str | None
-    byte_size: int
-    metadata: dict[str, Any]
-    file_url: str
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True)
-class Collection:
-    name: str
-    model: str
-    dim: int
-    count: int
-    indexed: int
-    metric: str
-    index_type: str
-    live_index: str
-    index_params: dict[str, Any]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class IngestJob:
-    id: str
-    source: str
-    collection: str
-    status: str  # queued, running, done, failed or cancelled
-    summary: dict[str, Any]  # added, unchanged, duplicates, failed, failures, seconds...
-    error: str | None
-    created_at: datetime
-    finished_at: datetime | None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
+from app.client.models import (
+    AddedImage,
+    Collection,
+    ImageInput,
+    ImageRecord,
+    IndexType,
+    IngestJob,
+    IngestKind,
+    PESearchAPIError,
+    SearchHit,
+    parse_collection,
+    parse_job,
+)
 
 
 def _error_message(response: requests.Response) -> tuple[str, Any]:
@@ -138,10 +51,6 @@ def _error_message(response: requests.Response) -> tuple[str, Any]:
     if isinstance(detail, str):
         return detail, None
     return json.dumps(body), None
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def _is_url(image: ImageInput) -> bool:
@@ -323,14 +232,14 @@ class PESearchClient:
 
     def collections(self) -> list[Collection]:
         """Every collection with its model, size and index."""
-        return [_collection(raw) for raw in self._json("GET", "/collections")]
+        return [parse_collection(raw) for raw in self._json("GET", "/collections")]
 
     def create_collection(self, name: str, model: str | None = None, index_type: IndexType = "auto") -> Collection:
         """Create an empty collection (model: a PE-Core id; the server's default when None)."""
         body: dict[str, Any] = {"name": name, "index_type": index_type}
         if model is not None:
             body["perception_encoder_version_id"] = model
-        return _collection(self._json("POST", "/collections", json=body))
+        return parse_collection(self._json("POST", "/collections", json=body))
 
     def delete_collection(self, name: str) -> None:
         """Delete a collection, its images and its index."""
@@ -356,7 +265,7 @@ class PESearchClient:
         body: dict[str, Any] = {"source": str(source), "kind": kind, "collection": collection}
         if column is not None:
             body["column"] = column
-        job = _job(self._json("POST", "/ingest", json=body))
+        job = parse_job(self._json("POST", "/ingest", json=body))
         if not wait:
             return job
         deadline = time.monotonic() + timeout
@@ -369,7 +278,7 @@ class PESearchClient:
 
     def ingest_job(self, job_id: str) -> IngestJob:
         """An ingest job's status, progress and summary."""
-        return _job(self._json("GET", f"/ingest/{quote(job_id, safe='')}"))
+        return parse_job(self._json("GET", f"/ingest/{quote(job_id, safe='')}"))
 
     # --- embeddings (the Roboflow-compatible perception_encoder routes) ---------------------
 
@@ -400,19 +309,3 @@ class PESearchClient:
             response = self._json("POST", f"/perception_encoder/{route}", json=body)
             parts.append(np.asarray(response["embeddings"], dtype=np.float32))
         return np.concatenate(parts, axis=0)
-
-
-def _collection(raw: dict[str, Any]) -> Collection:
-    return Collection(
-        name=raw["name"], model=raw["model"], dim=raw["dim"], count=raw["count"], indexed=raw["indexed"],
-        metric=raw["metric"], index_type=raw["index_type"], live_index=raw["live_index"],
-        index_params=raw.get("index_params") or {}, created_at=datetime.fromisoformat(raw["created_at"]),
-    )
-
-
-def _job(raw: dict[str, Any]) -> IngestJob:
-    return IngestJob(
-        id=raw["id"], source=raw["source"], collection=raw["collection"], status=raw["status"],
-        summary=raw.get("summary") or {}, error=raw.get("error"),
-        created_at=datetime.fromisoformat(raw["created_at"]), finished_at=_time(raw.get("finished_at")),
-    )

@@ -10,8 +10,8 @@ from typing import Any
 from PIL import Image
 
 from app.errors import ImageLoadError
-from app.fetch import UrlFetcher
-from app.imaging import decode_image
+from app.media.fetch import UrlFetcher
+from app.media.decode import decode_image
 
 _DATA_URL_PREFIX = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")

@@ -1,0 +1,1 @@
+"""Where inference runs: the executor that keeps blocking work off the event loop, and the micro-batcher."""

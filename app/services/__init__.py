@@ -1,0 +1,1 @@
+"""What the API and the CLI do, without HTTP: embedding, search, images, thumbnails, re-embedding."""
