@@ -1,14 +1,37 @@
-"""Domain errors. Each maps to one HTTP status in `app.api.errors`, and nowhere else."""
+"""The application's domain errors, on the categories `index.errors` roots (re-exported here).
+
+Each category maps to one HTTP status in `app.api.errors`, and nowhere else.
+"""
 
 from __future__ import annotations
 
+from index.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    PESearchError,
+    UnavailableError,
+)
 
-class PESearchError(Exception):
-    """Base of every error pe-search reports to a client."""
-
-
-class InvalidInputError(PESearchError):
-    """The request is well-formed JSON but asks for something that cannot be done."""
+__all__ = [
+    "AuthError",
+    "ConflictError",
+    "ForbiddenPathError",
+    "ImageLoadError",
+    "InvalidInputError",
+    "ModelUnavailableError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "PESearchError",
+    "SourceError",
+    "TooManyItemsError",
+    "UnavailableError",
+    "UnknownModelError",
+    "UnsupportedMediaError",
+    "WeightsError",
+]
 
 
 class ImageLoadError(InvalidInputError):
@@ -29,7 +52,11 @@ class UnknownModelError(InvalidInputError):
         )
 
 
-class TooManyItemsError(InvalidInputError):
+class PayloadTooLargeError(InvalidInputError):
+    """A request body, image or text over its configured limit."""
+
+
+class TooManyItemsError(PayloadTooLargeError):
     """More items in one request than PE_SEARCH_MAX_BATCH allows."""
 
     def __init__(self, count: int, limit: int) -> None:
@@ -41,7 +68,7 @@ class TooManyItemsError(InvalidInputError):
         )
 
 
-class ModelUnavailableError(PESearchError):
+class ModelUnavailableError(UnavailableError):
     """The model asked for is not loaded and cannot be loaded right now."""
 
 
@@ -49,7 +76,7 @@ class WeightsError(ModelUnavailableError):
     """A checkpoint could not be found, downloaded, read, or matched to the variant."""
 
 
-class ForbiddenPathError(PESearchError):
+class ForbiddenPathError(PermissionDeniedError):
     """A server-side path outside the configured roots."""
 
     def __init__(self, path: str) -> None:
@@ -58,21 +85,13 @@ class ForbiddenPathError(PESearchError):
         )
 
 
-class NotFoundError(PESearchError):
-    """Something a client named does not exist (an ingest job, a stored file)."""
-
-
-class PayloadTooLargeError(InvalidInputError):
-    """A request body, image or text over its configured limit."""
-
-
 class AuthError(PESearchError):
     """No API key, or one that is not valid (401)."""
 
 
-class PermissionDeniedError(PESearchError):
-    """A valid key without the right to do this (403)."""
-
-
 class UnsupportedMediaError(PESearchError):
     """A request body in a content type the route does not take (415)."""
+
+
+class SourceError(InvalidInputError):
+    """An ingest source that cannot be read at all (a missing folder, a manifest without a path column)."""

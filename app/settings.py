@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.media.fetch import UrlPolicy
 from app.model.variants import DEFAULT_VERSION_ID, VARIANTS
 
 
+def _comma_separated(value: object) -> object:
+    """`a, b,c` -> ("a", "b", "c"): how these lists are written in the environment; a sequence passes as is."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+# NoDecode: the environment holds `a,b`, not the JSON list pydantic-settings would otherwise expect.
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PE_SEARCH_", extra="ignore", populate_by_name=True)
+    # validate_assignment: a value set after start-up (tests, an embedding app) is parsed like the environment's.
+    model_config = SettingsConfigDict(
+        env_prefix="PE_SEARCH_", extra="ignore", populate_by_name=True, validate_assignment=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=9001, ge=1, le=65535)
@@ -35,7 +49,7 @@ class Settings(BaseSettings):
     # writes with 403, never migrates the database or writes index checkpoints.
     read_only: bool = False
     # Server-side ingest jobs may read only under these folders (comma-separated); none by default.
-    ingest_roots: str = ""
+    ingest_roots: CommaList = ()
     ingest_batch: int = Field(default=32, ge=1, le=1024)
     ingest_workers: int = Field(default=4, ge=1, le=64)
     # Decode JPEGs much larger than the model input at 1/2-1/8 scale (libjpeg draft mode) when ingesting.
@@ -55,8 +69,8 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=10_000, ge=1)
     # Access control: comma-separated keys, or a file with one `KEY [read|write]` a line.
     # With none set, the API is open (the default binds to 127.0.0.1 only).
-    api_keys: str = Field(default="", repr=False)
-    read_api_keys: str = Field(default="", repr=False)
+    api_keys: CommaList = Field(default=(), repr=False)
+    read_api_keys: CommaList = Field(default=(), repr=False)
     api_keys_file: Path | None = None
     # How many images or texts go through the model in one forward pass; unset: 32 on CPU, 256 on CUDA.
     inference_batch: int | None = Field(default=None, ge=1, le=4096)
@@ -87,8 +101,8 @@ class Settings(BaseSettings):
     url_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     url_max_redirects: int = Field(default=3, ge=0, le=20)
     # Comma-separated host patterns (a domain covers its subdomains).
-    url_allow_hosts: str = ""
-    url_deny_hosts: str = ""
+    url_allow_hosts: CommaList = ()
+    url_deny_hosts: CommaList = ()
 
     @field_validator("model")
     @classmethod
@@ -110,7 +124,7 @@ class Settings(BaseSettings):
 
     @property
     def ingest_root_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(p.strip()).resolve() for p in self.ingest_roots.split(",") if p.strip())
+        return tuple(Path(p).resolve() for p in self.ingest_roots)
 
     @property
     def index_dir(self) -> Path:
@@ -134,6 +148,6 @@ class Settings(BaseSettings):
             read_timeout=self.url_read_timeout,
             max_bytes=self.url_max_bytes,
             max_redirects=self.url_max_redirects,
-            allow_hosts=tuple(h.strip() for h in self.url_allow_hosts.split(",") if h.strip()),
-            deny_hosts=tuple(h.strip() for h in self.url_deny_hosts.split(",") if h.strip()),
+            allow_hosts=self.url_allow_hosts,
+            deny_hosts=self.url_deny_hosts,
         )

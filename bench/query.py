@@ -225,7 +225,7 @@ def metadata_fetch(vectors: np.ndarray, rows: int, ivf_hits: list[np.ndarray], q
     rerank_ms = []
     for q, ids in zip(queries, ivf_hits):
         started = time.perf_counter()
-        store._exact(ids, q, K)  # the IVF-PQ re-rank as the store runs it: candidates' vectors from SQLite
+        store.query.exact(ids, q, K)  # the IVF-PQ re-rank as the store runs it: candidates' vectors from SQLite
         rerank_ms.append((time.perf_counter() - started) * 1000)
     size = (workdir / "meta.db").stat().st_size
     engine.dispose()

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Integer, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from index.dto import NewImage
 from index.errors import CollectionNotFoundError, MissingVectorError
 from index.filters import SearchFilter, conditions
-from index.models import Collection, Failure, Image, Source, StagedVector, Tombstone, utcnow
-
-
-@dataclass
-class NewImage:
-    sha256: str
-    uri: str
-    width: int
-    height: int
-    format: str | None
-    byte_size: int
-    vector: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-    root: str | None = None
-    size: int | None = None
-    mtime: float | None = None
+from index.models import Collection, Failure, Image, Source, Tombstone, utcnow
 
 
 # First key of the advisory locks that serialise a collection's writers (the second is its id).
@@ -212,27 +197,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
-def iter_vectors(
-    session: Session, *, collection_id: int, after_id: int = 0, up_to: int | None = None, batch: int = 10_000
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(ids, vectors) in id order, in batches, for rows with after_id < id <= up_to."""
-    last = after_id
-    bound = [Image.id <= up_to] if up_to is not None else []
-    while True:
-        rows = session.execute(
-            select(Image.id, Image.vector)
-            .where(Image.collection_id == collection_id, Image.id > last, *bound)
-            .order_by(Image.id)
-            .limit(batch)
-        ).all()
-        if not rows:
-            return
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-        yield ids, vectors
-        last = int(ids[-1])
-
-
 def tombstones_between(session: Session, *, collection_id: int, after_id: int, up_to: int) -> list[int]:
     query = select(Tombstone.image_id).where(
         Tombstone.collection_id == collection_id, Tombstone.id > after_id, Tombstone.id <= up_to
@@ -246,50 +210,12 @@ def filtered_ids(session: Session, *, collection_id: int, search_filter: SearchF
     return np.fromiter(session.scalars(query), dtype=np.int64)
 
 
-def vectors_for(session: Session, *, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    rows = session.execute(select(Image.id, Image.vector).where(Image.id.in_(list(image_ids)))).all()
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-
-
 def images_by_id(session: Session, *, image_ids: Sequence[int]) -> dict[int, Image]:
     return {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(list(image_ids))))}
 
 
 def failures(session: Session, *, collection_id: int) -> list[Failure]:
     return list(session.scalars(select(Failure).where(Failure.collection_id == collection_id).order_by(Failure.id)))
-
-
-def stage_vectors(session: Session, *, collection_id: int, image_ids: Sequence[int], vectors: np.ndarray) -> None:
-    session.execute(delete(StagedVector).where(StagedVector.image_id.in_(list(image_ids))))
-    session.execute(
-        insert(StagedVector),
-        [
-            {"image_id": int(i), "collection_id": collection_id, "vector": np.asarray(v, dtype=np.float32).tobytes()}
-            for i, v in zip(image_ids, vectors)
-        ],
-    )
-
-
-def discard_staged(session: Session, *, collection_id: int) -> None:
-    session.execute(delete(StagedVector).where(StagedVector.collection_id == collection_id))
-
-
-def unstaged_count(session: Session, *, collection_id: int) -> int:
-    staged = select(StagedVector.image_id).where(StagedVector.collection_id == collection_id)
-    query = select(func.count()).select_from(Image).where(Image.collection_id == collection_id, Image.id.not_in(staged))
-    return session.scalar(query) or 0
-
-
-def apply_staged(session: Session, *, collection_id: int) -> None:
-    staged = select(StagedVector.vector).where(StagedVector.image_id == Image.id).scalar_subquery()
-    session.execute(
-        update(Image).where(Image.collection_id == collection_id).values(vector=staged, updated_at=utcnow()),
-        execution_options={"synchronize_session": False},
-    )
-    discard_staged(session, collection_id=collection_id)
 
 
 def images_after(session: Session, *, collection_id: int, after_id: int = 0, limit: int = 1000) -> list[Image]:

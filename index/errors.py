@@ -1,29 +1,58 @@
-"""Errors of the vector store; the HTTP layer maps each to a status in one place."""
+"""The root of pe-search's error hierarchy, and the vector store's own errors.
+
+It starts here, in the lowest layer, so that every layer above can raise errors of the same
+few categories. Each category maps to one HTTP status in `app.api.errors` and nowhere else;
+the CLI prints any `PESearchError` as one line.
+"""
 
 from __future__ import annotations
 
 
-class StoreError(Exception):
-    """Base of every error the store reports to a caller."""
+class PESearchError(Exception):
+    """Base of every error pe-search reports to a caller (an HTTP client or a CLI user)."""
+
+
+class InvalidInputError(PESearchError):
+    """The request is well-formed but asks for something that cannot be done (400)."""
+
+
+class PermissionDeniedError(PESearchError):
+    """Not allowed here: a read-only process, a path outside the allowed roots, a read-only key (403)."""
+
+
+class NotFoundError(PESearchError):
+    """Something the caller named does not exist (404)."""
+
+
+class ConflictError(PESearchError):
+    """The request contradicts what is stored: a name taken, another model's collection (409)."""
+
+
+class UnavailableError(PESearchError):
+    """A resource the request needs cannot be had right now, e.g. a model that failed to load (503)."""
+
+
+class StoreError(PESearchError):
+    """Base of the vector store's errors; one without a category is a server-side fault (500)."""
 
 
 class DataDirError(StoreError):
     """The data dir cannot hold the database, indexes and uploads."""
 
 
-class CollectionNotFoundError(StoreError):
+class CollectionNotFoundError(StoreError, NotFoundError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"No collection named {name!r}.")
 
 
-class CollectionExistsError(StoreError):
+class CollectionExistsError(StoreError, ConflictError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"A collection named {name!r} already exists.")
 
 
-class ModelMismatchError(StoreError):
+class ModelMismatchError(StoreError, ConflictError):
     """A query or insert through a model other than the one that built the collection."""
 
     def __init__(self, collection: str, collection_model: str, dim: int, model: str) -> None:
@@ -34,13 +63,13 @@ class ModelMismatchError(StoreError):
         )
 
 
-class ImageNotFoundError(StoreError):
+class ImageNotFoundError(StoreError, NotFoundError):
     def __init__(self, image_id: int) -> None:
         self.image_id = image_id
         super().__init__(f"No image with id {image_id}.")
 
 
-class InvalidFilterError(StoreError):
+class InvalidFilterError(StoreError, InvalidInputError):
     """A search filter that cannot be applied."""
 
 
@@ -61,7 +90,7 @@ class MissingVectorError(StoreError):
         super().__init__(f"{len(shas)} new images have no vector")
 
 
-class ReadOnlyError(StoreError):
+class ReadOnlyError(StoreError, PermissionDeniedError):
     """A write asked of a store opened read-only (an API process beside the one writer)."""
 
     def __init__(self, what: str) -> None:

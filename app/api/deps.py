@@ -1,4 +1,4 @@
-"""Dependencies: the objects the app's lifespan put on `app.state`."""
+"""Dependencies: the objects `create_app` and the lifespan put on `app.state`, as typed aliases for routes."""
 
 from __future__ import annotations
 
@@ -6,56 +6,70 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.api.auth import require
-
-from app.services.embedding import Embedder
-from app.services.images import ImageService
+from app.api.keys import KeyRing
+from app.api.metrics import Metrics
 from app.ingest.jobs import JobManager
 from app.ingest.service import IngestService
 from app.model.registry import ModelRegistry
+from app.services.embedding import Embedder
+from app.services.images import ImageService
 from app.services.search import SearchService
-from app.settings import Settings
 from app.services.thumbnails import Thumbnails
+from app.services.wiring import Services
+from app.settings import Settings
 from index.store import VectorStore
-
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_keys(request: Request) -> KeyRing:
+    return request.app.state.keys
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
 def get_embedder(request: Request) -> Embedder:
-    return request.app.state.embedder
+    return _services(request).embedder
 
 
 def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+    return _services(request).registry
 
 
 def get_store(request: Request) -> VectorStore:
-    return request.app.state.store
+    return _services(request).store
 
 
 def get_search(request: Request) -> SearchService:
-    return request.app.state.search
+    return _services(request).search
 
 
 def get_images(request: Request) -> ImageService:
-    return request.app.state.images
+    return _services(request).images
 
 
 def get_jobs(request: Request) -> JobManager:
-    return request.app.state.jobs
+    return _services(request).jobs
 
 
 def get_thumbnails(request: Request) -> Thumbnails:
-    return request.app.state.thumbnails
+    return _services(request).thumbnails
 
 
 def get_ingest(request: Request) -> IngestService:
-    return request.app.state.ingest
+    return _services(request).ingest
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+KeysDep = Annotated[KeyRing, Depends(get_keys)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[VectorStore, Depends(get_store)]
 SearchDep = Annotated[SearchService, Depends(get_search)]
 ImagesDep = Annotated[ImageService, Depends(get_images)]
@@ -64,7 +78,3 @@ IngestDep = Annotated[IngestService, Depends(get_ingest)]
 ThumbnailsDep = Annotated[Thumbnails, Depends(get_thumbnails)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-
-
-ReadAccess = Depends(require("read"))
-WriteAccess = Depends(require("write"))

@@ -15,51 +15,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
     AuthError,
-    ForbiddenPathError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
-    ImageLoadError,
-    InvalidInputError,
-    ModelUnavailableError,
-    NotFoundError,
     PESearchError,
-    TooManyItemsError,
-    UnknownModelError,
+    UnavailableError,
     UnsupportedMediaError,
-)
-from app.ingest.sources import SourceError
-from index.errors import (
-    CollectionExistsError,
-    CollectionNotFoundError,
-    ImageNotFoundError,
-    InvalidFilterError,
-    ModelMismatchError,
-    ReadOnlyError,
-    StoreError,
 )
 
 log = logging.getLogger(__name__)
 
-# Most specific first: the first matching class decides the status.
+# By category, most specific first: the first matching class decides the status. An error of
+# no category (a StoreError such as an unwritable data dir) is a server fault: 500.
 STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
-    (TooManyItemsError, 413),
-    (PayloadTooLargeError, 413),
     (AuthError, 401),
     (UnsupportedMediaError, 415),
-    (PermissionDeniedError, 403),
-    (ImageLoadError, 400),
-    (UnknownModelError, 400),
+    (PayloadTooLargeError, 413),
     (InvalidInputError, 400),
-    (ModelUnavailableError, 503),
-    (ForbiddenPathError, 403),
+    (PermissionDeniedError, 403),
     (NotFoundError, 404),
-    (CollectionNotFoundError, 404),
-    (ImageNotFoundError, 404),
-    (CollectionExistsError, 409),
-    (ModelMismatchError, 409),
-    (ReadOnlyError, 403),
-    (InvalidFilterError, 400),
-    (SourceError, 400),
+    (ConflictError, 409),
+    (UnavailableError, 503),
 ]
 
 
@@ -111,7 +89,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for base in (PESearchError, StoreError, SourceError):
-        app.add_exception_handler(base, _domain_error)
+    app.add_exception_handler(PESearchError, _domain_error)
     app.add_exception_handler(DataError, _refused_value)
     app.add_exception_handler(Exception, _unexpected_error)

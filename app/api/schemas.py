@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.media.image_ref import ImageRef
+
 _B64_EXAMPLE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 
 
@@ -18,6 +20,9 @@ class ImageObject(BaseModel):
     type: str = Field(description="base64 or url (numpy is refused: unpickling is code execution)")
     # Required: per the spec a dict is one image only when it has both `type` and `value`.
     value: Any = Field(description="base64 text (a data: prefix is allowed) or an http(s) URL")
+
+    def to_ref(self) -> ImageRef:
+        return ImageRef(self.type, self.value)
 
 
 ImageOrText = ImageObject | str
@@ -136,3 +141,14 @@ class ClassifyResponse(InferenceResponse):
 
 class ErrorResponse(BaseModel):
     message: str
+
+
+def to_refs(value: Any) -> Any:
+    """A prompt or subject of any accepted shape, with each ImageObject as the services' ImageRef."""
+    if isinstance(value, ImageObject):
+        return value.to_ref()
+    if isinstance(value, list):
+        return [to_refs(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_refs(item) for key, item in value.items()}
+    return value

@@ -77,7 +77,7 @@ class SearchRequest(BaseModel):
     nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists probed")
 
 
-class SearchHit(BaseModel):
+class SearchHitOut(BaseModel):
     id: int
     score: float
     uri: str
@@ -89,7 +89,7 @@ class SearchHit(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    results: list[SearchHit]
+    results: list[SearchHitOut]
     collection: str
     time: float
 

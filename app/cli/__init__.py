@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.cli.index_commands import load_encoder
+from app.cli.index_commands import add_commands, load_encoder
+from app.cli.search_command import add_search_command
+from app.runtime.process import configure_process
 from app.settings import Settings
 from app.model.variants import VARIANTS
 
@@ -122,28 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", parents=[model_opts], help="fetch a model's weights into the cache (e.g. at image build)")
     download.set_defaults(func=cmd_download)
 
-    from app.cli.index_commands import add_commands
-
     add_commands(sub, model_opts)
+    add_search_command(sub, model_opts)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = os.environ.get("PE_SEARCH_LOG_LEVEL", "info")
-    # open_clip logs its progress on the root logger at INFO: keep that at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("app").setLevel(level.upper())
     try:
-        return args.func(args, _settings(args))
+        settings = _settings(args)
+        configure_process(settings)
+        return args.func(args, settings)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one line, not a traceback
         from pydantic import ValidationError
 
         from app.errors import PESearchError
-        from app.ingest.sources import SourceError
-        from index.errors import StoreError
 
-        if isinstance(exc, (PESearchError, StoreError, SourceError, ValidationError, OSError)):
+        if isinstance(exc, (PESearchError, ValidationError, OSError)):
             print(f"pe-search: {exc}", file=sys.stderr)
             return 2
         raise

@@ -6,51 +6,33 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from app.cli.args import positive_float, positive_int, print_json
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    # Imported where used, so `pe-search --help` and light commands do not pay for torch and FAISS.
+    from app.ingest.pipeline import Ingestor
+    from app.ingest.ray_engine import RayIngestor
+    from app.ingest.writer import IngestSummary
+    from app.model.encoder import PEEncoder
+    from index.store import VectorStore
 
-def _store(settings: Settings):  # noqa: ANN202 - VectorStore, imported lazily to keep --help fast
-    from app.api.app import open_store
+
+def _store(settings: Settings) -> VectorStore:
+    from app.services.wiring import open_store
 
     return open_store(settings)
 
 
-def load_encoder(settings: Settings, model: str | None = None):  # noqa: ANN201 - PEEncoder, imported lazily
-    from app.model.registry import ModelRegistry
+def load_encoder(settings: Settings, model: str | None = None) -> PEEncoder:
+    from app.services.wiring import build_encoders
 
-    return ModelRegistry(settings).get(model)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return build_encoders(settings).registry.get(model)
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number above 0 (fractions allowed)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
-
-
-def _ingestor(args: argparse.Namespace, settings: Settings, store):  # noqa: ANN001, ANN202 - VectorStore; Ingestor or RayIngestor
+def _ingestor(args: argparse.Namespace, settings: Settings, store: VectorStore) -> Ingestor | RayIngestor:
     """The local engine (threads and one model here) or the Ray engine (a pool of encoder actors)."""
     batch_size = args.batch_size or settings.ingest_batch
     if args.engine == "ray":
@@ -59,14 +41,12 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store):  # noqa: ANN
         options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
         model = args.model or store.model_of(args.collection) or settings.model
         return RayIngestor(store=store, settings=settings, model=model, batch_size=batch_size, options=options)
-    from app.media.fetch import UrlFetcher
     from app.ingest.pipeline import Ingestor
+    from app.services.wiring import build_encoders
 
-    encoder = load_encoder(settings, args.model or store.model_of(args.collection))
-    return Ingestor(
-        store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()), batch_size=batch_size,
-        workers=settings.ingest_workers, jpeg_draft=settings.ingest_jpeg_draft,
-    )
+    encoders = build_encoders(settings)
+    encoder = encoders.registry.get(args.model or store.model_of(args.collection))
+    return Ingestor.from_settings(settings, store=store, encoder=encoder, fetcher=encoders.fetcher, batch_size=batch_size)
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -87,7 +67,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     ingestor = _ingestor(args, settings, store)
     with tqdm(total=total, unit="img", disable=args.quiet or None, file=sys.stderr, dynamic_ncols=True) as bar:
 
-        def progress(summary) -> None:  # noqa: ANN001 - IngestSummary
+        def progress(summary: IngestSummary) -> None:
             bar.update(summary.processed - bar.n)
             bar.set_postfix(added=summary.added, dup=summary.duplicates, failed=len(summary.failed), refresh=False)
 
@@ -95,7 +75,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     store.close()
     result = summary.to_dict()
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(
             f"{result['added']} added, {result['unchanged']} unchanged, {result['duplicates']} duplicates, "
@@ -106,37 +86,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    from app.media.decode import decode_image
-
-    store = _store(settings)
-    info = store.collection(args.collection)
-    if args.id is not None:
-        _, vector = store.vector(args.id)
-    else:
-        encoder = load_encoder(settings, info.model)
-        if args.image:
-            vector = encoder.embed_images([decode_image(Path(args.image).read_bytes())])[0]
-        elif args.text:
-            vector = encoder.embed_texts([" ".join(args.text)])[0]
-        else:
-            print("pe-search: give TEXT, --image PATH or --id N", file=sys.stderr)
-            return 2
-    hits = store.search(info.id, vector, args.k)
-    images = store.images([h.id for h in hits])
-    rows = [{"id": h.id, "score": round(h.score, 4), "uri": images[h.id].uri, "metadata": images[h.id].meta} for h in hits if h.id in images]
-    if args.json:
-        _print_json(rows)
-    else:
-        for row in rows:
-            print(f"{row['score']:.4f}  {row['id']:>8}  {row['uri']}")
-    return 0
-
-
 def cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
     infos = _store(settings).collections()
     if args.json:
-        _print_json([i.__dict__ for i in infos])
+        print_json([i.__dict__ for i in infos])
         return 0
     print(f"{'name':<24}{'model':<18}{'dim':>5}{'images':>10}  index")
     for info in infos:
@@ -148,7 +101,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     stats = store.stats()
     stats["failures"] = {c["name"]: len(store.failures(c["id"])) for c in stats["collections"]}
-    _print_json(stats)
+    print_json(stats)
     return 0
 
 
@@ -164,13 +117,15 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     store = _store(settings)
     current = store.collection(args.collection)
     if args.model and args.model != current.model:
-        from app.media.fetch import UrlFetcher
-        from app.services.images import UploadFiles
+        from app.media.uploads import UploadFiles
         from app.services.reembed import reembed_collection
+        from app.services.wiring import build_encoders
 
+        encoders = build_encoders(settings)
         result = reembed_collection(
-            store=store, encoder=load_encoder(settings, args.model), uploads=UploadFiles(settings.uploads_dir),
-            fetcher=UrlFetcher(settings.url_policy()), name=args.collection, batch_size=settings.ingest_batch,
+            store=store, encoder=encoders.registry.get(args.model), uploads=UploadFiles(settings.uploads_dir),
+            fetcher=encoders.fetcher, name=args.collection, batch_size=settings.ingest_batch,
+            jpeg_draft=settings.ingest_jpeg_draft,
         )
         if result.failed:
             print(f"pe-search: {len(result.failed)} images could not be re-embedded; the collection is unchanged:", file=sys.stderr)
@@ -216,15 +171,6 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
         help="CPUs reserved per CPU actor, also its torch threads (at least 1); TORCH_THREADS does not apply to actors",
     )
     ingest.set_defaults(func=cmd_ingest)
-
-    search = sub.add_parser("search", parents=[model_opts], help="search a collection by text, image or id")
-    search.add_argument("text", nargs="*")
-    search.add_argument("--image", help="an image file: find similar ones")
-    search.add_argument("--id", type=int, help="a stored image's id: find similar ones")
-    search.add_argument("-k", type=int, default=10)
-    search.add_argument("--collection", default="default")
-    search.add_argument("--json", action="store_true")
-    search.set_defaults(func=cmd_search)
 
     collections = sub.add_parser("collections", help="list collections")
     collections.add_argument("--json", action="store_true")

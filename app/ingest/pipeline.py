@@ -27,14 +27,18 @@ from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
     BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,
 )
-from index.crud import NewImage
-from index.store import CollectionInfo, VectorStore
+from index.dto import NewImage
+from app.settings import Settings
+from index.dto import CollectionInfo
+from index.store import VectorStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """An item read, hashed, decoded and preprocessed: ready for the model."""
+
     item: SourceItem
     sha256: str
     width: int
@@ -49,7 +53,7 @@ class _Unchanged:
     item: SourceItem
 
 
-Outcome = _Prepared | _Unchanged | Rejected
+Outcome = Prepared | _Unchanged | Rejected
 
 
 def _done(value: Outcome) -> Future:
@@ -67,11 +71,11 @@ class Preparer:
         # Large JPEGs decode at reduced DCT scale, never below the model's input size.
         self.min_side = encoder.variant.image_size if jpeg_draft else None
 
-    def prepare(self, item: SourceItem) -> _Prepared | Rejected:
+    def prepare(self, item: SourceItem) -> Prepared | Rejected:
         try:
             data = self._read(item)
             decoded = decode_reduced(data, min_side=self.min_side)
-            return _Prepared(
+            return Prepared(
                 item=item,
                 sha256=hashlib.sha256(data).hexdigest(),
                 width=decoded.width,
@@ -117,6 +121,17 @@ class Ingestor:
         self.workers = workers
         self.on_batch = on_batch
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, store: VectorStore, encoder: PEEncoder, fetcher: UrlFetcher,
+        batch_size: int | None = None, on_batch: BatchObserver | None = None,
+    ) -> Ingestor:
+        """The engine as configured (PE_SEARCH_INGEST_*), for the CLI and server-side jobs alike."""
+        return cls(
+            store=store, encoder=encoder, fetcher=fetcher, batch_size=batch_size or settings.ingest_batch,
+            workers=settings.ingest_workers, jpeg_draft=settings.ingest_jpeg_draft, on_batch=on_batch,
+        )
+
     def run(
         self,
         items: Iterable[SourceItem | Rejected],
@@ -127,7 +142,7 @@ class Ingestor:
     ) -> IngestSummary:
         info = self.store.ensure_collection(collection, model=self.encoder.variant.version_id, dim=self.encoder.variant.dim)
         summary = IngestSummary()
-        batch: list[_Prepared] = []
+        batch: list[Prepared] = []
         rejected: list[Rejected] = []
         with RunClock(store=self.store, collection=collection, summary=summary, progress=progress) as clock:
             for outcome in self._outcomes(items, info.id):
@@ -163,7 +178,7 @@ class Ingestor:
         unchanged = unchanged_uris(self.store, collection_id=collection_id, entries=chunk)
         return [_Unchanged(e) if isinstance(e, SourceItem) and e.uri in unchanged else e for e in chunk]
 
-    def _write(self, info: CollectionInfo, batch: list[_Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
+    def _write(self, info: CollectionInfo, batch: list[Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
         if not batch and not rejected:
             return
         pixels = [(p.sha256, p.pixels) for p in batch]
@@ -176,7 +191,7 @@ class Ingestor:
         )
 
     @staticmethod
-    def _rows(batch: list[_Prepared], vectors: dict[str, np.ndarray]) -> list[NewImage]:
+    def _rows(batch: list[Prepared], vectors: dict[str, np.ndarray]) -> list[NewImage]:
         return [
             image_row(
                 p.item, sha256=p.sha256, width=p.width, height=p.height, format=p.format, byte_size=p.byte_size,

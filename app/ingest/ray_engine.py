@@ -277,7 +277,7 @@ def _for_workers(settings: Settings, *, torch_threads: int) -> Settings:
     process; an actor's threads follow the CPUs Ray reserved for it (0: Ray's default, OMP_NUM_THREADS).
     """
     return settings.model_copy(
-        update={"api_keys": "", "read_api_keys": "", "api_keys_file": None, "torch_threads": torch_threads}
+        update={"api_keys": (), "read_api_keys": (), "api_keys_file": None, "torch_threads": torch_threads}
     )
 
 

@@ -55,14 +55,8 @@ class IngestService:
         def ingestor() -> Ingestor:
             # Resolved in the job's thread: loading a model can take a while.
             encoder = self.registry.get(model or self.store.model_of(collection))
-            return Ingestor(
-                store=self.store,
-                encoder=encoder,
-                fetcher=self.fetcher,
-                batch_size=self.settings.ingest_batch,
-                workers=self.settings.ingest_workers,
-                jpeg_draft=self.settings.ingest_jpeg_draft,
-                on_batch=self.on_batch,
+            return Ingestor.from_settings(
+                self.settings, store=self.store, encoder=encoder, fetcher=self.fetcher, on_batch=self.on_batch
             )
 
         return self.jobs.submit(source=str(path), collection=collection, items=readers[kind], ingestor=ingestor)

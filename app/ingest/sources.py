@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.errors import SourceError
 from app.media.fetch import is_http_url
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LOCATION_COLUMNS = ("path", "url", "uri", "file", "image", "filename")
-
-
-class SourceError(ValueError):
-    """A source that cannot be read at all (a missing folder, a manifest without a path column)."""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.ingest.sources import Rejected, SourceItem
-from index.crud import NewImage
+from index.dto import NewImage
 from index.errors import MissingVectorError
-from index.store import CollectionInfo, VectorStore
+from index.dto import CollectionInfo
+from index.store import VectorStore
 
 if TYPE_CHECKING:
     import torch

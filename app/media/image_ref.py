@@ -1,10 +1,11 @@
-"""The spec's image objects (`{"type": ..., "value": ...}`) to decoded RGB images."""
+"""The spec's image objects (`{"type": ..., "value": ...}`) as domain values, and their loading into RGB images."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -17,6 +18,17 @@ _DATA_URL_PREFIX = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 # Either alphabet: unpadded standard base64 (with + and /) must reach the lenient decode too.
 _ANY_B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image as a client names it: `kind` base64 or url (any case), and the text or URL.
+
+    The HTTP schema's ImageObject converts to this, so nothing below the API depends on pydantic models.
+    """
+
+    kind: str
+    value: Any
 
 
 def decode_base64(value: Any) -> bytes:
@@ -46,6 +58,13 @@ class ImageLoader:
 
     def load(self, kind: str, value: Any) -> Image.Image:
         return decode_image(self.load_bytes(kind, value), self.max_pixels)
+
+    def load_ref(self, ref: ImageRef | str) -> Image.Image:
+        """An image object, or a bare string meant as an image (see load_bare)."""
+        return self.load(ref.kind, ref.value) if isinstance(ref, ImageRef) else self.load_bare(ref)
+
+    def ref_bytes(self, ref: ImageRef) -> bytes:
+        return self.load_bytes(ref.kind, ref.value)
 
     def load_bytes(self, kind: str, value: Any) -> bytes:
         """The encoded image bytes an image object names, not yet decoded."""

@@ -74,23 +74,6 @@ def check_precision(requested: str, kind: str, device: torch.device) -> None:
         log.warning("%s tower in bf16 on a CPU without native bf16: emulated, and slower than fp32", kind)
 
 
-class _DropRandomInitWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_random_init_warning() -> Iterator[None]:
-    """open_clip warns of random init when weights are loaded after building, as here."""
-    root = logging.getLogger()
-    drop = _DropRandomInitWarning()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 def probe_pixels(image_size: int, count: int = PROBE_IMAGES) -> torch.Tensor:
     """Deterministic smooth images, already normalised to PE's [-1, 1] input range."""
     generator = torch.Generator().manual_seed(0)
@@ -189,8 +172,7 @@ class PEEncoder:
                 torch.manual_seed(RANDOM_WEIGHTS_SEED)
                 model = open_clip.create_model(name, pretrained=None)
         else:
-            with _quiet_random_init_warning():
-                model = open_clip.create_model(name, pretrained=None)
+            model = open_clip.create_model(name, pretrained=None)
             path = fetch_hub_checkpoint(self.variant, self.cache_dir) if self.weights == HUB else self.weights
             load_weights_file(model, path)
             log.info("Loaded %s weights from %s", self.variant.version_id, path)

@@ -8,8 +8,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 
-import torch
-
 from app.model.encoder import EncoderInfo, PEEncoder
 from app.settings import Settings
 from app.model.variants import get_variant
@@ -29,8 +27,6 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self.load_error: str | None = None
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
 
     def _new_encoder(self, version_id: str) -> PEEncoder:
         return PEEncoder(

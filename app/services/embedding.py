@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.api.schemas import ImageObject
 from app.model.encoder import PEEncoder
 from app.errors import InvalidInputError, PayloadTooLargeError, TooManyItemsError
-from app.media.image_ref import ImageLoader
+from app.media.image_ref import ImageLoader, ImageRef
 from app.runtime.batcher import MicroBatcher
 from app.runtime.executor import run_blocking
 from app.model.registry import ModelRegistry
 
-PromptItem = ImageObject | str
+# A bare string is a text, or (compare's subject or prompt of type image) a URL or base64 image.
+PromptItem = ImageRef | str
 
 
 @dataclass(frozen=True)
@@ -90,18 +90,22 @@ class Embedder:
         """Fetch, decode and PE-preprocess each image in a worker thread, off the model thread."""
 
         def load(item: PromptItem) -> torch.Tensor:
-            if isinstance(item, ImageObject):
-                image = self.loader.load(item.type, item.value)
-            else:
-                image = self.loader.load_bare(item)
-            return encoder.transform(image)
+            return encoder.transform(self.loader.load_ref(item))
 
         return list(await asyncio.gather(*(run_blocking(load, item) for item in items)))
 
-    async def embed_images(self, version_id: str | None, images: Sequence[ImageObject]) -> np.ndarray:
+    async def embed_images(self, version_id: str | None, images: Sequence[ImageRef]) -> np.ndarray:
         self._check_count(len(images), "image")
         encoder = await self.encoder(version_id)
         return await self.batcher.images(encoder, await self._load_images(encoder, images))
+
+    async def embed_pixels(self, encoder: PEEncoder, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Images already through `encoder.transform`, in a micro-batch like any request's."""
+        return await self.batcher.images(encoder, pixels)
+
+    async def image_bytes(self, ref: ImageRef) -> bytes:
+        """The encoded bytes an image object names (fetched for a URL), off the event loop."""
+        return await run_blocking(self.loader.ref_bytes, ref)
 
     async def embed_texts(self, version_id: str | None, texts: Sequence[str]) -> np.ndarray:
         self._check_count(len(texts), "text")

@@ -3,52 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.services.embedding import Embedder
 from app.errors import NotFoundError
-from app.media.fetch import is_http_url
 from app.media.decode import decode_image, image_format
+from app.media.fetch import is_http_url
+from app.media.uploads import UPLOAD_SCHEME, UploadFiles
 from app.runtime.executor import run_blocking
-from index.crud import NewImage
-from index.models import Image
+from app.services.embedding import Embedder
+from index.dto import ImageRecord, NewImage
 from index.store import VectorStore
-
-UPLOAD_SCHEME = "upload://"
-
-
-def file_url(image_id: int) -> str:
-    return f"/images/{image_id}/file"
-
-
-class UploadFiles:
-    """Uploaded bytes under the data dir, named by their sha256."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def path(self, sha256: str) -> Path:
-        return self.directory / sha256[:2] / sha256
-
-    def save(self, data: bytes, sha256: str) -> None:
-        target = self.path(sha256)
-        if target.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # A unique temp name per writer: two threads saving the same bytes must not share one.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -76,7 +42,7 @@ class ImageService:
         if sha256 in existing:
             return Added(existing[sha256], False, collection)
         pixels = await run_blocking(encoder.transform, image)
-        vector = (await self.embedder.batcher.images(encoder, [pixels]))[0]
+        vector = (await self.embedder.embed_pixels(encoder, [pixels]))[0]
         await run_blocking(self.uploads.save, data, sha256)
         row = NewImage(
             sha256=sha256, uri=f"{UPLOAD_SCHEME}{sha256}", width=image.width, height=image.height,
@@ -85,11 +51,11 @@ class ImageService:
         [(image_id, created)] = await run_blocking(self.store.add_images, info.id, [row])
         return Added(image_id, created, collection)
 
-    def file_location(self, image: Image) -> Path | str:
+    def file_location(self, image: ImageRecord) -> Path | str:
         return locate_image_file(image, self.store, self.uploads)
 
 
-def locate_image_file(image: Image, store: VectorStore, uploads: UploadFiles) -> Path | str:
+def locate_image_file(image: ImageRecord, store: VectorStore, uploads: UploadFiles) -> Path | str:
     """A stored image's bytes: a local path (uploads; files still under their ingest root) or its URL."""
     if image.uri.startswith(UPLOAD_SCHEME):
         path = uploads.path(image.uri[len(UPLOAD_SCHEME):])

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from app.api.schemas import ImageObject
-from app.services.embedding import Embedder
 from app.errors import InvalidInputError
-from app.services.images import file_url
+from app.media.image_ref import ImageRef
 from app.runtime.executor import run_blocking
 from app.model.variants import get_variant
+from app.services.embedding import Embedder
 from index.errors import ModelMismatchError
 from index.filters import SearchFilter
-from index.store import CollectionInfo, VectorStore
+from index.dto import CollectionInfo, ImageRecord
+from index.store import VectorStore
 
 
 @dataclass(frozen=True)
 class SearchQuery:
     collection: str = "default"
     text: str | None = None
-    image: ImageObject | None = None
+    image: ImageRef | None = None
     image_id: int | None = None
     top_k: int = 10
     search_filter: SearchFilter | None = None
@@ -33,15 +32,11 @@ class SearchQuery:
 
 
 @dataclass(frozen=True)
-class SearchResult:
-    id: int
+class SearchHit:
+    """One result: the stored image and its cosine to the query. The HTTP layer adds its file URL."""
+
     score: float
-    uri: str
-    width: int
-    height: int
-    format: str | None
-    metadata: dict[str, Any]
-    file_url: str
+    image: ImageRecord
 
 
 @dataclass
@@ -52,11 +47,12 @@ class Timing:
 
 
 class SearchService:
-    def __init__(self, *, store: VectorStore, embedder: Embedder) -> None:
+    def __init__(self, *, store: VectorStore, embedder: Embedder, max_top_k: int = 1000) -> None:
         self.store = store
         self.embedder = embedder
+        self.max_top_k = max_top_k
 
-    async def search(self, query: SearchQuery) -> tuple[list[SearchResult], Timing]:
+    async def search(self, query: SearchQuery) -> tuple[list[SearchHit], Timing]:
         if sum(x is not None for x in (query.text, query.image, query.image_id)) != 1:
             raise InvalidInputError("Give exactly one of text, image or image_id.")
         timing = Timing()
@@ -69,13 +65,13 @@ class SearchService:
         timing.encode = time.perf_counter() - started
         started = time.perf_counter()
         hits = await run_blocking(
-            self.store.search, info.id, vector, query.top_k, query.search_filter, query.min_score, **query.knobs
+            self.store.search, info.id, vector, min(query.top_k, self.max_top_k), query.search_filter, query.min_score, **query.knobs
         )
         timing.search = time.perf_counter() - started
         started = time.perf_counter()
         images = await run_blocking(self.store.images, [h.id for h in hits])
         timing.fetch = time.perf_counter() - started
-        return [_result(h.id, h.score, images[h.id]) for h in hits if h.id in images], timing
+        return [SearchHit(h.score, images[h.id]) for h in hits if h.id in images], timing
 
     async def _query_vector(self, info: CollectionInfo, query: SearchQuery) -> np.ndarray:
         if query.image_id is not None:
@@ -88,20 +84,3 @@ class SearchService:
         if query.text is not None:
             return (await self.embedder.embed_texts(info.model, [query.text]))[0]
         return (await self.embedder.embed_images(info.model, [query.image]))[0]
-
-
-def _result(image_id: int, score: float, image: Any) -> SearchResult:
-    return SearchResult(
-        id=image_id,
-        score=score,
-        uri=image.uri,
-        width=image.width,
-        height=image.height,
-        format=image.format,
-        metadata=image.meta,
-        file_url=file_url(image_id),
-    )
-
-
-def result_dict(result: SearchResult) -> dict[str, Any]:
-    return result.__dict__.copy()

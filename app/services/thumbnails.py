@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image as PILImage
 
-from app.media.fetch import UrlFetcher
-from app.services.images import UploadFiles, locate_image_file
 from app.media.decode import decode_image
-from index.models import Image
+from app.media.fetch import UrlFetcher
+from app.media.uploads import UploadFiles
+from app.services.images import locate_image_file
+from index.dto import ImageRecord
+from index.files import atomic_write
 from index.store import VectorStore
 
 SIZES = (128, 256, 512)
@@ -29,7 +29,7 @@ class Thumbnails:
         self.uploads = uploads
         self.fetcher = fetcher
 
-    def path(self, image: Image, size: int) -> Path:
+    def path(self, image: ImageRecord, size: int) -> Path:
         """A JPEG no larger than size x size, aspect kept; made once per content and size."""
         target = self.directory / str(size) / image.sha256[:2] / f"{image.sha256}.jpg"
         if target.is_file():
@@ -39,11 +39,5 @@ class Thumbnails:
         thumbnail = decode_image(data)
         thumbnail.thumbnail((size, size), PILImage.Resampling.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                thumbnail.save(handle, "JPEG", quality=85, optimize=True)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(target, lambda tmp: thumbnail.save(tmp, "JPEG", quality=85, optimize=True))
         return target

@@ -2,7 +2,7 @@
 
 An IVF-PQ build never holds the collection's float vectors at once: the coarse and product
 quantizers are trained on a random sample sized by the memory budget, then vectors are
-streamed from the database in chunks and only their codes (m bytes + an 8-byte id each) stay.
+streamed from the database in chunks (`index.vector_rows`) and only their codes (m bytes + an 8-byte id each) stay.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from index.models import Image
 from index.ann.vector_index import HNSW_DEFAULTS, IVF_POINTS_PER_LIST, IndexSpec, VectorIndex, hnsw_bytes_per_vector
 
 log = logging.getLogger(__name__)
@@ -99,27 +95,3 @@ def build_index(
     for ids, vectors in chunks:
         index.add(ids, vectors)
     return index
-
-
-def training_sample(session: Session, *, collection_id: int, rows: int, batch: int = 10_000) -> np.ndarray:
-    """`rows` random vectors of a collection, read by id so the ordering never carries the vectors.
-
-    Ordering by random() over (id) alone keeps the sort small; the vectors are then fetched in batches.
-    """
-    ids = list(
-        session.scalars(select(Image.id).where(Image.collection_id == collection_id).order_by(func.random()).limit(rows))
-    )
-    ids.sort()
-    out: np.ndarray | None = None
-    filled = 0
-    for start in range(0, len(ids), batch):
-        blobs = session.scalars(select(Image.vector).where(Image.id.in_(ids[start : start + batch]))).all()
-        if not blobs:
-            continue
-        part = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
-        if out is None:  # filled in place: the sample is never held twice
-            out = np.empty((len(ids), part.shape[1]), np.float32)
-        out[filled : filled + len(part)] = part
-        filled += len(part)
-    # Rows deleted between reading the ids and their vectors come back short: train on what was read.
-    return out[:filled] if out is not None else np.zeros((0, 0), np.float32)

@@ -11,9 +11,7 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import faiss
 
 from index.ann.vector_index import IndexSpec, VectorIndex
+from index.files import atomic_write
 
 log = logging.getLogger(__name__)
 POINTER = "CHECKPOINT.json"
@@ -41,28 +40,6 @@ class Checkpoint:
     size: int = 0
     model: str = ""
     generation: int = 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -89,13 +66,13 @@ def _save_locked(directory: Path, index: VectorIndex, checkpoint: Checkpoint) ->
         return checkpoint
     number = int(previous.file.split("-")[1].split(".")[0]) + 1 if previous and previous.file else 1
     name = f"index-{number}.faiss"
-    _write_atomic(directory / name, lambda tmp: faiss.write_index(index.index, str(tmp)))
+    atomic_write(directory / name, lambda tmp: faiss.write_index(index.index, str(tmp)))
     checkpoint.file = name
     checkpoint.size = (directory / name).stat().st_size
     checkpoint.kind, checkpoint.params, checkpoint.dim = index.spec.kind, index.spec.params, index.dim
     checkpoint.hidden = sorted(index.hidden)
     checkpoint.count = index.count
-    _write_atomic(directory / POINTER, lambda tmp: tmp.write_text(json.dumps(asdict(checkpoint))))
+    atomic_write(directory / POINTER, lambda tmp: tmp.write_text(json.dumps(asdict(checkpoint))))
     for old in directory.glob("index-*.faiss"):
         if old.name != name:
             old.unlink(missing_ok=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import ReadAccess, RegistryDep, StoreDep, WriteAccess
+from app.api.auth import ReadAccess, WriteAccess
+from app.api.deps import RegistryDep, StoreDep
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import CollectionOut, CreateCollectionRequest
 from app.runtime.executor import run_blocking

@@ -6,7 +6,8 @@ import time
 
 from fastapi import APIRouter
 
-from app.api.deps import EmbedderDep, ReadAccess
+from app.api.auth import ReadAccess
+from app.api.deps import EmbedderDep
 from app.api.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -17,6 +18,7 @@ from app.api.schemas import (
     EmbedImageRequest,
     EmbedTextRequest,
     ErrorResponse,
+    to_refs,
 )
 
 router = APIRouter(
@@ -30,6 +32,7 @@ router = APIRouter(
     },
 )
 
+
 def _list(value: object) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -39,7 +42,7 @@ async def embed_image(
     body: EmbedImageRequest, embedder: EmbedderDep
 ) -> EmbeddingResponse:
     started = time.perf_counter()
-    vectors = await embedder.embed_images(body.perception_encoder_version_id, _list(body.image))
+    vectors = await embedder.embed_images(body.perception_encoder_version_id, to_refs(_list(body.image)))
     return EmbeddingResponse(time=time.perf_counter() - started, embeddings=vectors.tolist())
 
 
@@ -60,7 +63,7 @@ async def embed_text(
 async def compare(body: CompareRequest, embedder: EmbedderDep) -> CompareResponse:
     started = time.perf_counter()
     similarity = await embedder.compare(
-        body.perception_encoder_version_id, body.subject, body.subject_type, body.prompt, body.prompt_type
+        body.perception_encoder_version_id, to_refs(body.subject), body.subject_type, to_refs(body.prompt), body.prompt_type
     )
     return CompareResponse(time=time.perf_counter() - started, similarity=similarity)
 
@@ -74,7 +77,9 @@ async def classify(
     body: ClassifyRequest, embedder: EmbedderDep
 ) -> ClassifyResponse:
     started = time.perf_counter()
-    scores = await embedder.classify(body.perception_encoder_version_id, body.subject, body.subject_type, body.prompt)
+    scores = await embedder.classify(
+        body.perception_encoder_version_id, to_refs(body.subject), body.subject_type, body.prompt
+    )
     ranked = sorted(range(len(scores.names)), key=lambda i: -scores.probability[i])
     predictions = [
         ClassPrediction(

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from app.api.deps import ImagesDep, ReadAccess, StoreDep, WriteAccess
+from app.api.auth import ReadAccess, WriteAccess
+from app.api.deps import ImagesDep, MetricsDep, StoreDep
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import (
     AddImageRequest,
@@ -23,8 +24,9 @@ from app.api.store_schemas import (
     storable_json,
 )
 from app.errors import InvalidInputError, UnsupportedMediaError
-from app.services.images import file_url
+from app.api.urls import file_url
 from app.runtime.executor import run_blocking
+from index.dto import ImageRecord as StoredImage
 
 router = APIRouter(
     prefix="/images",
@@ -33,7 +35,7 @@ router = APIRouter(
 )
 
 
-def _record(image: Any, collection: str) -> ImageRecord:
+def _record(image: StoredImage, collection: str) -> ImageRecord:
     return ImageRecord(
         id=image.id, collection=collection, sha256=image.sha256, uri=image.uri, width=image.width,
         height=image.height, format=image.format, byte_size=image.byte_size, metadata=image.meta,
@@ -66,19 +68,19 @@ def _record(image: Any, collection: str) -> ImageRecord:
         }
     },
 )
-async def add_image(request: Request, images: ImagesDep) -> AddImageResponse:
+async def add_image(request: Request, images: ImagesDep, metrics: MetricsDep) -> AddImageResponse:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         body, data = await _from_form(request)
     elif content_type.startswith("application/json"):
         body = _validated(AddImageRequest, await request.body())
-        data = await run_blocking(images.embedder.loader.load_bytes, body.image.type, body.image.value)
+        data = await images.embedder.image_bytes(body.image.to_ref())
     else:
         raise UnsupportedMediaError("Send the image as multipart/form-data (a `file` part) or as application/json.")
     added = await images.add_upload(
         data, collection=body.collection, metadata=body.metadata, model=body.perception_encoder_version_id
     )
-    request.app.state.metrics.observe_ingest(added.collection, ingested=1)
+    metrics.observe_ingest(added.collection, ingested=1)
     return AddImageResponse(id=added.id, created=added.created, collection=added.collection)
 
 

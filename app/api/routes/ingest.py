@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import IngestDep, JobsDep, ReadAccess, WriteAccess
+from app.api.auth import ReadAccess, WriteAccess
+from app.api.deps import IngestDep, JobsDep
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import IngestJobOut, IngestRequest
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.runtime.executor import run_blocking
-from app.api.metrics import Metrics
+from app.api.deps import MetricsDep
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    app_metrics: Metrics = request.app.state.metrics
+async def metrics(app_metrics: MetricsDep) -> Response:
     # Off the event loop: the store's collector reads the database.
     body, content_type = await run_blocking(app_metrics.render)
     return Response(body, media_type=content_type)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from app.api.deps import ReadAccess, StoreDep, ThumbnailsDep
+from app.api.auth import ReadAccess
+from app.api.deps import StoreDep, ThumbnailsDep
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import ImageId
 from app.runtime.executor import run_blocking

@@ -1,0 +1,129 @@
+"""The one place the object graph is wired: the HTTP app's lifespan, the CLI and the Ray actors build through here."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.ingest.jobs import JobManager
+from app.ingest.pipeline import BatchObserver
+from app.ingest.service import IngestService
+from app.media.fetch import UrlFetcher
+from app.media.image_ref import ImageLoader
+from app.media.uploads import UploadFiles
+from app.model.registry import ModelRegistry
+from app.runtime.batcher import MicroBatcher
+from app.runtime.executor import InferenceRunner
+from app.services.embedding import Embedder
+from app.services.images import ImageService
+from app.services.search import SearchService
+from app.services.thumbnails import Thumbnails
+from app.settings import Settings
+from index.db import create_db_engine
+from index.errors import DataDirError
+from index.store import VectorStore
+
+# (model, kind, items, seconds) after each forward pass.
+ForwardObserver = Callable[[str, str, int, float], None]
+
+
+def check_data_dir(path: Path) -> None:
+    """Fail at start-up, with the reason, rather than at the first write."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise DataDirError(
+            f"The data dir {path} is not a writable folder ({exc.strerror or exc}); set PE_SEARCH_DATA_DIR."
+        ) from exc
+
+
+def open_store(settings: Settings) -> VectorStore:
+    """The store of the configured database and data dir, migrated (unless read-only) and loaded."""
+    check_data_dir(settings.data_dir)
+    return VectorStore(
+        engine=create_db_engine(settings.db_url), index_dir=settings.index_dir,
+        memory_budget=settings.index_memory_budget, index_mmap=settings.index_mmap, read_only=settings.read_only,
+    ).open()
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """What embeds, without any store: the model registry, and the guarded fetcher and loader for image inputs."""
+
+    registry: ModelRegistry
+    fetcher: UrlFetcher
+    loader: ImageLoader
+
+
+def build_encoders(settings: Settings, *, on_forward: ForwardObserver | None = None) -> Encoders:
+    fetcher = UrlFetcher(settings.url_policy())
+    loader = ImageLoader(fetcher, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return Encoders(ModelRegistry(settings, on_forward=on_forward), fetcher, loader)
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    encoders: Encoders
+    runner: InferenceRunner
+    batcher: MicroBatcher
+    embedder: Embedder
+    store: VectorStore
+    search: SearchService
+    uploads: UploadFiles
+    images: ImageService
+    thumbnails: Thumbnails
+    jobs: JobManager
+    ingest: IngestService
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.encoders.registry
+
+    async def aclose(self) -> None:
+        """Stop the jobs and workers, then close the store (which checkpoints the indexes)."""
+        self.jobs.close()
+        await self.batcher.close()
+        self.runner.close()
+        self.store.close()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    store: VectorStore | None = None,
+    on_forward: ForwardObserver | None = None,
+    on_batch: BatchObserver | None = None,
+) -> Services:
+    """Every service over one store (opened here unless given); no model is loaded until first use."""
+    encoders = build_encoders(settings, on_forward=on_forward)
+    store = store or open_store(settings)
+    runner = InferenceRunner()
+    batcher = MicroBatcher(
+        runner, max_batch=settings.microbatch_max_items, max_wait_ms=settings.microbatch_wait_ms,
+        enabled=settings.microbatch,
+    )
+    embedder = Embedder(
+        encoders.registry, encoders.loader, batcher, max_items=settings.max_batch,
+        max_text_chars=settings.max_text_chars, text_cache_size=settings.text_cache_size,
+    )
+    uploads = UploadFiles(settings.uploads_dir)
+    jobs = JobManager()
+    return Services(
+        settings=settings, encoders=encoders, runner=runner, batcher=batcher, embedder=embedder, store=store,
+        search=SearchService(store=store, embedder=embedder, max_top_k=settings.max_top_k),
+        uploads=uploads,
+        images=ImageService(store=store, embedder=embedder, uploads=uploads),
+        thumbnails=Thumbnails(
+            directory=settings.data_dir / "thumbnails", store=store, uploads=uploads, fetcher=encoders.fetcher
+        ),
+        jobs=jobs,
+        ingest=IngestService(
+            store=store, registry=encoders.registry, fetcher=encoders.fetcher, settings=settings, jobs=jobs,
+            on_batch=on_batch,
+        ),
+    )

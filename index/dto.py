@@ -1,0 +1,76 @@
+"""What the store hands out and takes in: plain frozen records, never ORM rows bound to a session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from index.models import Image
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    id: int
+    name: str
+    model: str
+    dim: int
+    metric: str
+    index_type: str
+    live_index: str
+    index_params: dict[str, Any]
+    count: int
+    indexed: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One scored id from the index: the cosine of a stored vector to the query."""
+
+    id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A stored image's metadata row, without its vector (`VectorStore.vector` reads that)."""
+
+    id: int
+    collection_id: int
+    sha256: str
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    byte_size: int
+    meta: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Image) -> ImageRecord:
+        return cls(
+            id=row.id, collection_id=row.collection_id, sha256=row.sha256, uri=row.uri, width=row.width,
+            height=row.height, format=row.format, byte_size=row.byte_size, meta=dict(row.meta or {}),
+            created_at=row.created_at, updated_at=row.updated_at,
+        )
+
+
+@dataclass
+class NewImage:
+    """An image to add; `vector` may be None for content the store already holds (same sha256)."""
+
+    sha256: str
+    uri: str
+    width: int
+    height: int
+    format: str | None
+    byte_size: int
+    vector: np.ndarray | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None
+    size: int | None = None
+    mtime: float | None = None
