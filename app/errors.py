@@ -47,9 +47,7 @@ class UnknownModelError(InvalidInputError):
 
     def __init__(self, version_id: str, valid: list[str]) -> None:
         self.version_id = version_id
-        super().__init__(
-            f"Unknown perception_encoder_version_id {version_id!r}. Valid ids: {', '.join(valid)}."
-        )
+        super().__init__(f"Unknown perception_encoder_version_id {version_id!r}. Valid ids: {', '.join(valid)}.")
 
 
 class PayloadTooLargeError(InvalidInputError):

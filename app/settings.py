@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.media.fetch import UrlPolicy
 from app.model.variants import DEFAULT_VERSION_ID, VARIANTS
 
 
@@ -17,6 +17,24 @@ def _comma_separated(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return value
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """What server-side fetches of `url` images may reach, and how long and how much they may read."""
+
+    enabled: bool = True
+    allow_http: bool = False
+    allow_ip_hosts: bool = False
+    allow_private_hosts: bool = False
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    max_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 3
+    # Host patterns: "example.com" matches it and its subdomains. A non-empty allow-list
+    # admits only its hosts; the deny-list always wins.
+    allow_hosts: tuple[str, ...] = ()
+    deny_hosts: tuple[str, ...] = ()
 
 
 # NoDecode: the environment holds `a,b`, not the JSON list pydantic-settings would otherwise expect.

@@ -15,7 +15,6 @@ from index.errors import CollectionNotFoundError, MissingVectorError
 from index.filters import SearchFilter, conditions
 from index.models import Collection, Failure, Image, Source, Tombstone, utcnow
 
-
 # First key of the advisory locks that serialise a collection's writers (the second is its id).
 _WRITER_LOCK_SPACE = 0x7065  # "pe"
 
@@ -54,7 +53,9 @@ def sync_state(session: Session, *, collection_id: int) -> tuple[int, int, int]:
     """(newest image id, newest tombstone id, index generation): what a live index must reflect."""
     image = select(func.max(Image.id)).where(Image.collection_id == collection_id).scalar_subquery()
     tomb = select(func.max(Tombstone.id)).where(Tombstone.collection_id == collection_id).scalar_subquery()
-    row = session.execute(select(image, tomb, Collection.generation).where(Collection.id == collection_id)).one_or_none()
+    row = session.execute(
+        select(image, tomb, Collection.generation).where(Collection.id == collection_id)
+    ).one_or_none()
     if row is None:
         raise CollectionNotFoundError(str(collection_id))
     return row[0] or 0, row[1] or 0, row[2]
@@ -121,12 +122,14 @@ def _image_row(collection_id: int, item: NewImage) -> dict[str, Any]:
     }
 
 
-def _point_sources(session: Session, *, collection_id: int, items: Sequence[NewImage], image_ids: Sequence[int]) -> None:
+def _point_sources(
+    session: Session, *, collection_id: int, items: Sequence[NewImage], image_ids: Sequence[int]
+) -> None:
     uris = [item.uri for item in items]
     existing = sources_by_uri(session, collection_id=collection_id, uris=uris)
     new_rows = {}
     left: set[int] = set()
-    for item, image_id in zip(items, image_ids):
+    for item, image_id in zip(items, image_ids, strict=True):
         values = {"image_id": image_id, "root": item.root, "size": item.size, "mtime": item.mtime}
         if item.uri in existing:
             source = existing[item.uri]
@@ -221,6 +224,9 @@ def failures(session: Session, *, collection_id: int) -> list[Failure]:
 def images_after(session: Session, *, collection_id: int, after_id: int = 0, limit: int = 1000) -> list[Image]:
     return list(
         session.scalars(
-            select(Image).where(Image.collection_id == collection_id, Image.id > after_id).order_by(Image.id).limit(limit)
+            select(Image)
+            .where(Image.collection_id == collection_id, Image.id > after_id)
+            .order_by(Image.id)
+            .limit(limit)
         )
     )

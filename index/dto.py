@@ -53,9 +53,17 @@ class ImageRecord:
     @classmethod
     def of(cls, row: Image) -> ImageRecord:
         return cls(
-            id=row.id, collection_id=row.collection_id, sha256=row.sha256, uri=row.uri, width=row.width,
-            height=row.height, format=row.format, byte_size=row.byte_size, meta=dict(row.meta or {}),
-            created_at=row.created_at, updated_at=row.updated_at,
+            id=row.id,
+            collection_id=row.collection_id,
+            sha256=row.sha256,
+            uri=row.uri,
+            width=row.width,
+            height=row.height,
+            format=row.format,
+            byte_size=row.byte_size,
+            meta=dict(row.meta or {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
 
 

@@ -77,9 +77,7 @@ class IncompleteStagingError(StoreError):
     """A model switch asked for while some images have no vector from the new model."""
 
     def __init__(self, collection: str, missing: int) -> None:
-        super().__init__(
-            f"{missing} images of {collection!r} have no vector from the new model; nothing was changed."
-        )
+        super().__init__(f"{missing} images of {collection!r} have no vector from the new model; nothing was changed.")
 
 
 class MissingVectorError(StoreError):

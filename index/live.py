@@ -78,7 +78,10 @@ class LiveIndexes:
     def load(self, collection: Collection) -> LiveIndex:
         """The collection's checkpoint if it is of this model and generation, caught up; else a rebuild."""
         loaded = ckpt.load(self.directory(collection.id), mmap=self.mmap)
-        usable = loaded is not None and (loaded[1].model, loaded[1].generation) == (collection.model, collection.generation)
+        usable = loaded is not None and (loaded[1].model, loaded[1].generation) == (
+            collection.model,
+            collection.generation,
+        )
         if loaded is not None and usable:
             live = LiveIndex(*loaded)
         else:
@@ -96,7 +99,9 @@ class LiveIndexes:
             # Trained on a sample sized by the memory budget, filled chunk by chunk: never all vectors at once.
             plan = plan_build(spec, n, collection.dim, self.memory_budget)
             index = build_index(
-                spec, collection.dim, plan=plan,
+                spec,
+                collection.dim,
+                plan=plan,
                 sample=lambda rows: vector_rows.training_sample(session, collection_id=collection.id, rows=rows),
                 # Bounded by the watermark read above: rows committed meanwhile are left to the next catch-up.
                 chunks=vector_rows.iter_vectors(
@@ -104,7 +109,10 @@ class LiveIndexes:
                 ),
             )
         checkpoint = ckpt.Checkpoint(
-            id_watermark=image_max, tombstone_watermark=tomb_max, model=collection.model, generation=collection.generation
+            id_watermark=image_max,
+            tombstone_watermark=tomb_max,
+            model=collection.model,
+            generation=collection.generation,
         )
         live = LiveIndex(index, checkpoint)
         live.dirty = True
@@ -179,7 +187,10 @@ class LiveIndexes:
         except OSError as exc:
             log.error(
                 "Could not checkpoint the index of collection %d in %s (%s); the previous checkpoint "
-                "is intact and the database holds every vector.", collection_id, self.directory(collection_id), exc,
+                "is intact and the database holds every vector.",
+                collection_id,
+                self.directory(collection_id),
+                exc,
             )
             return False
         live.dirty = False

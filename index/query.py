@@ -49,7 +49,7 @@ class QueryPlanner:
         if rerank and len(ids):
             hits = self.exact(ids, query, k)
         else:
-            hits = [Hit(int(i), _cosine(s)) for s, i in zip(scores, ids)]
+            hits = [Hit(int(i), _cosine(s)) for s, i in zip(scores, ids, strict=True)]
         if allowed is not None and len(hits) < min(k, len(allowed)):
             hits = self.exact(allowed, query, k)  # the approximate index under-filled a filtered query
         return _above(hits, min_score)

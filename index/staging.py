@@ -45,7 +45,7 @@ def stage_vectors(session: Session, *, collection_id: int, image_ids: Sequence[i
         insert(StagedVector),
         [
             {"image_id": int(i), "collection_id": collection_id, "vector": np.asarray(v, dtype=np.float32).tobytes()}
-            for i, v in zip(image_ids, vectors)
+            for i, v in zip(image_ids, vectors, strict=True)
         ],
     )
 

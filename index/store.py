@@ -41,7 +41,12 @@ _IN_CHUNK = 10_000
 
 class VectorStore:
     def __init__(
-        self, *, engine: Engine, index_dir: Path, memory_budget: int = 8 * 1024**3, read_only: bool = False,
+        self,
+        *,
+        engine: Engine,
+        index_dir: Path,
+        memory_budget: int = 8 * 1024**3,
+        read_only: bool = False,
         index_mmap: bool = True,
     ) -> None:
         self.engine = engine
@@ -50,7 +55,10 @@ class VectorStore:
         self.index_dir = index_dir
         self.memory_budget = memory_budget
         self.live = LiveIndexes(
-            sessions=self.sessions, index_dir=index_dir, memory_budget=memory_budget, mmap=index_mmap,
+            sessions=self.sessions,
+            index_dir=index_dir,
+            memory_budget=memory_budget,
+            mmap=index_mmap,
             read_only=read_only,
         )
         self.query = QueryPlanner(self.sessions)
@@ -97,8 +105,12 @@ class VectorStore:
     def _info(self, session: Session, collection: Collection) -> CollectionInfo:
         live = self.live.get(collection.id)
         return CollectionInfo(
-            id=collection.id, name=collection.name, model=collection.model, dim=collection.dim,
-            metric=collection.metric, index_type=collection.index_type,
+            id=collection.id,
+            name=collection.name,
+            model=collection.model,
+            dim=collection.dim,
+            metric=collection.metric,
+            index_type=collection.index_type,
             live_index=live.index.spec.kind if live else "none",
             index_params=live.index.spec.params if live else collection.index_params,
             count=crud.count_images(session, collection_id=collection.id),
@@ -132,7 +144,9 @@ class VectorStore:
         with self.sessions() as session, session.begin():
             if session.scalar(select(Collection).where(Collection.name == name)) is not None:
                 raise CollectionExistsError(name)
-            collection = Collection(name=name, model=model, dim=dim, index_type=index_type, index_params=index_params or {})
+            collection = Collection(
+                name=name, model=model, dim=dim, index_type=index_type, index_params=index_params or {}
+            )
             session.add(collection)
         self.live.load(collection)
         return self.collection(name)

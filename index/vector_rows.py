@@ -63,7 +63,9 @@ def training_sample(session: Session, *, collection_id: int, rows: int, batch: i
     Ordering by random() over (id) alone keeps the sort small; the vectors are then fetched in batches.
     """
     ids = list(
-        session.scalars(select(Image.id).where(Image.collection_id == collection_id).order_by(func.random()).limit(rows))
+        session.scalars(
+            select(Image.id).where(Image.collection_id == collection_id).order_by(func.random()).limit(rows)
+        )
     )
     ids.sort()
     out: np.ndarray | None = None

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
-from app.api.keys import KeyRing
 from app.api.errors import install_error_handlers
+from app.api.keys import KeyRing
 from app.api.limits import BodySizeLimit
 from app.api.metrics import Metrics
 from app.api.request_log import RequestObserver

@@ -36,18 +36,23 @@ def require(scope: Scope) -> Callable[..., Awaitable[None]]:
         request: Request,
         settings: SettingsDep,
         keys: KeysDep,
-        api_key: Annotated[str | None, Query(description="API key; also accepted as a Bearer token or a body field")] = None,
+        api_key: Annotated[
+            str | None, Query(description="API key; also accepted as a Bearer token or a body field")
+        ] = None,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> None:
         if scope == "write" and settings.read_only:
             raise PermissionDeniedError(
-                "This server is read-only (PE_SEARCH_READ_ONLY): send ingests, uploads, edits and deletes to the writer."
+                "This server is read-only (PE_SEARCH_READ_ONLY): "
+                "send ingests, uploads, edits and deletes to the writer."
             )
         if not keys.enabled:
             return
         key = api_key or _bearer(authorization) or await _body_key(request)
         if not key:
-            raise AuthError("An API key is required: pass ?api_key=, an `Authorization: Bearer` header, or a body `api_key`.")
+            raise AuthError(
+                "An API key is required: pass ?api_key=, an `Authorization: Bearer` header, or a body `api_key`."
+            )
         granted = keys.scope_of(key)
         if granted is None:
             raise AuthError("The API key is not valid.")

@@ -19,6 +19,7 @@ from app.services.wiring import Services
 from app.settings import Settings
 from index.store import VectorStore
 
+
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 

@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DataError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
@@ -54,8 +54,12 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=status, content={"message": str(exc)}, headers=headers)
 
 
-async def _refused_value(request: Request, exc: DataError) -> JSONResponse:
+# Starlette types every handler as taking Exception; each is registered for one class, asserted below.
+
+
+async def _refused_value(request: Request, exc: Exception) -> JSONResponse:
     """A value the database will not store that validation let through: the client's input, not a fault."""
+    assert isinstance(exc, DataError)
     log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, exc.orig)
     return JSONResponse(status_code=400, content={"message": "The database refused a value in the request."})
 
@@ -75,14 +79,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's own 422 body, except that echoed NaN or infinity inputs are written as strings:
     the default handler would fail to serialise them and answer 500."""
+    assert isinstance(exc, RequestValidationError)
     return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """Framework errors (unknown route, unparseable body...) in the same `message` shape as ours."""
+    assert isinstance(exc, StarletteHTTPException)
     return JSONResponse(status_code=exc.status_code, content={"message": str(exc.detail)}, headers=exc.headers)
 
 

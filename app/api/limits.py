@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+import json
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
@@ -48,12 +49,16 @@ class BodySizeLimit:
         return f"The request body is larger than {self.max_bytes} bytes (PE_SEARCH_MAX_BODY_BYTES)."
 
     async def _refuse(self, send: Send) -> None:
-        body = ('{"message": "%s"}' % self._message()).encode()
+        body = json.dumps({"message": self._message()}).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -36,7 +36,8 @@ class _StoreCollector:
             ),
             GaugeMetricFamily(
                 f"{PREFIX}index_checkpoint_age_seconds",
-                "Seconds since the collection's index was last checkpointed to disk (or since it was opened, if never).",
+                "Seconds since the collection's index was last checkpointed to disk "
+                "(or since it was opened, if never).",
                 labels=["collection"],
             ),
         )
@@ -63,12 +64,18 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         http, model, collection = ["method", "route", "status"], ["model", "kind"], ["collection"]
         self.requests = Counter(f"{PREFIX}http_requests", "HTTP requests.", http, registry=r)
-        self.request_seconds = Histogram(f"{PREFIX}http_request_duration_seconds", "HTTP request latency.", http, registry=r)
+        self.request_seconds = Histogram(
+            f"{PREFIX}http_request_duration_seconds", "HTTP request latency.", http, registry=r
+        )
         self.batch_size = Histogram(
             f"{PREFIX}inference_batch_size", "Items per model forward pass.", model, buckets=BATCH_BUCKETS, registry=r
         )
         self.inference_seconds = Histogram(
-            f"{PREFIX}inference_seconds", "Seconds per model forward pass.", model, buckets=INFERENCE_BUCKETS, registry=r
+            f"{PREFIX}inference_seconds",
+            "Seconds per model forward pass.",
+            model,
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
         )
         self.ingested = Counter(
             f"{PREFIX}images_ingested",
@@ -76,7 +83,9 @@ class Metrics:
             collection,
             registry=r,
         )
-        self.failed = Counter(f"{PREFIX}images_failed", "Ingest items that could not be read or decoded.", collection, registry=r)
+        self.failed = Counter(
+            f"{PREFIX}images_failed", "Ingest items that could not be read or decoded.", collection, registry=r
+        )
         self._store = _StoreCollector()
         r.register(self._store)
 

@@ -43,7 +43,9 @@ class BaseRequest(BaseModel):
     perception_encoder_version_id: str | None = Field(
         default=None, description="PE-Core variant, e.g. PE-Core-L14-336; the server default when absent"
     )
-    model_id: str | None = Field(default=None, description="Derived as perception_encoder/<version id>; not used for routing")
+    model_id: str | None = Field(
+        default=None, description="Derived as perception_encoder/<version id>; not used for routing"
+    )
 
     @model_validator(mode="after")
     def _derive_model_id(self) -> BaseRequest:

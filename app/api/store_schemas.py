@@ -72,7 +72,9 @@ class SearchRequest(BaseModel):
     collection: CollectionName = "default"
     filter: SearchFilterBody | None = None
     min_score: float | None = Field(default=None, ge=-1, le=1)
-    perception_encoder_version_id: str | None = Field(default=None, description="Refused with 409 unless the collection's model")
+    perception_encoder_version_id: str | None = Field(
+        default=None, description="Refused with 409 unless the collection's model"
+    )
     ef_search: int | None = Field(default=None, ge=1, le=4096, description="HNSW search depth")
     nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists probed")
 
@@ -110,7 +112,13 @@ class ImageRecord(BaseModel):
 
 
 class AddImageRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"image": {"type": "url", "value": "https://example.com/cat.jpg"}, "metadata": {"label": "cat"}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"image": {"type": "url", "value": "https://example.com/cat.jpg"}, "metadata": {"label": "cat"}}
+            ]
+        }
+    )
 
     image: ImageObject
     metadata: Metadata = Field(default_factory=dict)
@@ -156,9 +164,13 @@ class CreateCollectionRequest(BaseModel):
 
 
 class IngestRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"source": "/srv/photos", "kind": "folder", "collection": "photos"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"source": "/srv/photos", "kind": "folder", "collection": "photos"}]}
+    )
 
-    source: Annotated[str, AfterValidator(no_nul)] = Field(description="A server-side folder or manifest under PE_SEARCH_INGEST_ROOTS")
+    source: Annotated[str, AfterValidator(no_nul)] = Field(
+        description="A server-side folder or manifest under PE_SEARCH_INGEST_ROOTS"
+    )
     kind: Literal["folder", "manifest", "urls"] = "folder"
     collection: CollectionName = "default"
     column: str | None = Field(default=None, description="Manifest column holding the path or URL")

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.cli.index_commands import add_commands, load_encoder
 from app.cli.search_command import add_search_command
+from app.model.variants import VARIANTS
+
+if TYPE_CHECKING:
+    import numpy as np
 from app.runtime.process import configure_process
 from app.settings import Settings
-from app.model.variants import VARIANTS
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: v for k in ("model", "weights", "device", "host", "port") if (v := getattr(args, k, None)) is not None}
+    overrides = {
+        k: v for k in ("model", "weights", "device", "host", "port") if (v := getattr(args, k, None)) is not None
+    }
     return Settings(**overrides)
 
 
@@ -29,14 +33,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # uvicorn's access log would print query strings, api_key included; app.access logs instead.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
         timeout_graceful_shutdown=30,
     )
     return 0
 
 
-def _emit(model: str, inputs: Sequence[str], vectors) -> None:
-    json.dump({"model": model, "dim": int(vectors.shape[1]), "inputs": list(inputs), "embeddings": vectors.tolist()}, sys.stdout)
+def _emit(model: str, inputs: Sequence[str], vectors: np.ndarray) -> None:
+    json.dump(
+        {"model": model, "dim": int(vectors.shape[1]), "inputs": list(inputs), "embeddings": vectors.tolist()},
+        sys.stdout,
+    )
     sys.stdout.write("\n")
 
 
@@ -84,7 +95,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'model':<18}{'open_clip name':<22}{'dim':>5}{'input':>7}{'ctx':>5}  cached")
     for r in rows:
         mark = " (default)" if r["default"] else ""
-        print(f"{r['id']:<18}{r['open_clip']:<22}{r['dim']:>5}{r['image_size']:>7}{r['context_length']:>5}  {'yes' if r['cached'] else 'no'}{mark}")
+        cached = "yes" if r["cached"] else "no"
+        sizes = f"{r['dim']:>5}{r['image_size']:>7}{r['context_length']:>5}"
+        print(f"{r['id']:<18}{r['open_clip']:<22}{sizes}  {cached}{mark}")
     return 0
 
 
@@ -121,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=cmd_models)
 
-    download = sub.add_parser("download", parents=[model_opts], help="fetch a model's weights into the cache (e.g. at image build)")
+    download = sub.add_parser(
+        "download", parents=[model_opts], help="fetch a model's weights into the cache (e.g. at image build)"
+    )
     download.set_defaults(func=cmd_download)
 
     add_commands(sub, model_opts)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.cli.args import positive_float, positive_int, print_json
 from app.settings import Settings
@@ -46,7 +45,9 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store: VectorStore) 
 
     encoders = build_encoders(settings)
     encoder = encoders.registry.get(args.model or store.model_of(args.collection))
-    return Ingestor.from_settings(settings, store=store, encoder=encoder, fetcher=encoders.fetcher, batch_size=batch_size)
+    return Ingestor.from_settings(
+        settings, store=store, encoder=encoder, fetcher=encoders.fetcher, batch_size=batch_size
+    )
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,12 +124,19 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
         encoders = build_encoders(settings)
         result = reembed_collection(
-            store=store, encoder=encoders.registry.get(args.model), uploads=UploadFiles(settings.uploads_dir),
-            fetcher=encoders.fetcher, name=args.collection, batch_size=settings.ingest_batch,
+            store=store,
+            encoder=encoders.registry.get(args.model),
+            uploads=UploadFiles(settings.uploads_dir),
+            fetcher=encoders.fetcher,
+            name=args.collection,
+            batch_size=settings.ingest_batch,
             jpeg_draft=settings.ingest_jpeg_draft,
         )
         if result.failed:
-            print(f"pe-search: {len(result.failed)} images could not be re-embedded; the collection is unchanged:", file=sys.stderr)
+            print(
+                f"pe-search: {len(result.failed)} images could not be re-embedded; the collection is unchanged:",
+                file=sys.stderr,
+            )
             for image_id, reason in result.failed[:20]:
                 print(f"  image {image_id}: {reason}", file=sys.stderr)
             return 1
@@ -150,7 +158,9 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentParser) -> None:
     ingest = sub.add_parser("ingest", parents=[model_opts], help="embed and index a folder, a URL list or a manifest")
     ingest.add_argument("source", nargs="?", help="a folder of images (recursive)")
-    ingest.add_argument("--manifest", help="CSV, JSONL or Parquet with a path/url column; other columns become metadata")
+    ingest.add_argument(
+        "--manifest", help="CSV, JSONL or Parquet with a path/url column; other columns become metadata"
+    )
     ingest.add_argument("--urls", help="a text file of image URLs, one a line")
     ingest.add_argument("--column", help="the manifest's path/URL column (default: path, url, uri...)")
     ingest.add_argument("--collection", default="default")
@@ -158,16 +168,24 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.add_argument("--json", action="store_true", help="print the summary as JSON")
     ingest.add_argument(
-        "--engine", choices=["local", "ray"], default="local",
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
         help="local: decode threads and one model in this process; ray: Ray Data over a pool of encoder actors "
         "(pip install 'pe-search[ray]')",
     )
-    ingest.add_argument("--ray-address", help="the Ray cluster to use, e.g. HEAD:6379 (default: start a local Ray instance)")
     ingest.add_argument(
-        "--ray-actors", type=positive_int, help="encoder actors (default: one per GPU, else one per --ray-cpus-per-actor CPUs)"
+        "--ray-address", help="the Ray cluster to use, e.g. HEAD:6379 (default: start a local Ray instance)"
     )
     ingest.add_argument(
-        "--ray-cpus-per-actor", type=positive_float, default=1.0,
+        "--ray-actors",
+        type=positive_int,
+        help="encoder actors (default: one per GPU, else one per --ray-cpus-per-actor CPUs)",
+    )
+    ingest.add_argument(
+        "--ray-cpus-per-actor",
+        type=positive_float,
+        default=1.0,
         help="CPUs reserved per CPU actor, also its torch threads (at least 1); TORCH_THREADS does not apply to actors",
     )
     ingest.set_defaults(func=cmd_ingest)
@@ -184,7 +202,9 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
     delete.set_defaults(func=cmd_delete)
 
     reindex = sub.add_parser(
-        "reindex", parents=[model_opts], help="rebuild a collection's index (another --index-type, or re-embed with --model)"
+        "reindex",
+        parents=[model_opts],
+        help="rebuild a collection's index (another --index-type, or re-embed with --model)",
     )
     reindex.add_argument("--collection", default="default")
     reindex.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"])

@@ -51,7 +51,10 @@ def _query(args: argparse.Namespace) -> SearchQuery | None:
     if args.filter or args.uri_prefix:
         search_filter = SearchFilter(metadata=metadata_filter(args.filter), uri_prefix=args.uri_prefix)
     common: dict[str, Any] = {
-        "collection": args.collection, "top_k": args.k, "search_filter": search_filter, "min_score": args.min_score,
+        "collection": args.collection,
+        "top_k": args.k,
+        "search_filter": search_filter,
+        "min_score": args.min_score,
     }
     if args.id is not None:
         return SearchQuery(image_id=args.id, **common)
@@ -97,7 +100,10 @@ def add_search_command(sub: argparse._SubParsersAction, model_opts: argparse.Arg
     search.add_argument("-k", type=int, default=10, help="results (at most PE_SEARCH_MAX_TOP_K)")
     search.add_argument("--collection", default="default")
     search.add_argument(
-        "--filter", action="append", default=[], metavar="KEY=VALUE",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="only images whose metadata KEY equals VALUE (repeat a key for any of several values)",
     )
     search.add_argument("--uri-prefix", help="only images whose uri starts with this")

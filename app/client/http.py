@@ -126,15 +126,28 @@ class PESearchClient:
 
     def _hit(self, raw: dict[str, Any]) -> SearchHit:
         return SearchHit(
-            id=raw["id"], score=raw["score"], uri=raw["uri"], width=raw["width"], height=raw["height"],
-            format=raw.get("format"), metadata=raw.get("metadata") or {}, file_url=self._absolute(raw["file_url"]),
+            id=raw["id"],
+            score=raw["score"],
+            uri=raw["uri"],
+            width=raw["width"],
+            height=raw["height"],
+            format=raw.get("format"),
+            metadata=raw.get("metadata") or {},
+            file_url=self._absolute(raw["file_url"]),
         )
 
     def _record(self, raw: dict[str, Any]) -> ImageRecord:
         return ImageRecord(
-            id=raw["id"], collection=raw["collection"], sha256=raw["sha256"], uri=raw["uri"],
-            width=raw["width"], height=raw["height"], format=raw.get("format"), byte_size=raw["byte_size"],
-            metadata=raw.get("metadata") or {}, file_url=self._absolute(raw["file_url"]),
+            id=raw["id"],
+            collection=raw["collection"],
+            sha256=raw["sha256"],
+            uri=raw["uri"],
+            width=raw["width"],
+            height=raw["height"],
+            format=raw.get("format"),
+            byte_size=raw["byte_size"],
+            metadata=raw.get("metadata") or {},
+            file_url=self._absolute(raw["file_url"]),
             created_at=datetime.fromisoformat(raw["created_at"]),
             updated_at=datetime.fromisoformat(raw["updated_at"]),
         )
@@ -282,9 +295,7 @@ class PESearchClient:
 
     # --- embeddings (the Roboflow-compatible perception_encoder routes) ---------------------
 
-    def embed_text(
-        self, texts: str | Sequence[str], model: str | None = None, batch_size: int = 32
-    ) -> np.ndarray:
+    def embed_text(self, texts: str | Sequence[str], model: str | None = None, batch_size: int = 32) -> np.ndarray:
         """Unit-norm text embeddings, float32 of shape (len(texts), dim); sent `batch_size` per request."""
         items = [texts] if isinstance(texts, str) else list(texts)
         return self._embed("embed_text", "text", items, model, batch_size)

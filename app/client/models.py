@@ -90,23 +90,33 @@ class IngestJob:
         return self.status in FINISHED_STATUSES
 
 
-
-
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
 def parse_collection(raw: dict[str, Any]) -> Collection:
     return Collection(
-        name=raw["name"], model=raw["model"], dim=raw["dim"], count=raw["count"], indexed=raw["indexed"],
-        metric=raw["metric"], index_type=raw["index_type"], live_index=raw["live_index"],
-        index_params=raw.get("index_params") or {}, created_at=datetime.fromisoformat(raw["created_at"]),
+        name=raw["name"],
+        model=raw["model"],
+        dim=raw["dim"],
+        count=raw["count"],
+        indexed=raw["indexed"],
+        metric=raw["metric"],
+        index_type=raw["index_type"],
+        live_index=raw["live_index"],
+        index_params=raw.get("index_params") or {},
+        created_at=datetime.fromisoformat(raw["created_at"]),
     )
 
 
 def parse_job(raw: dict[str, Any]) -> IngestJob:
     return IngestJob(
-        id=raw["id"], source=raw["source"], collection=raw["collection"], status=raw["status"],
-        summary=raw.get("summary") or {}, error=raw.get("error"),
-        created_at=datetime.fromisoformat(raw["created_at"]), finished_at=_time(raw.get("finished_at")),
+        id=raw["id"],
+        source=raw["source"],
+        collection=raw["collection"],
+        status=raw["status"],
+        summary=raw.get("summary") or {},
+        error=raw.get("error"),
+        created_at=datetime.fromisoformat(raw["created_at"]),
+        finished_at=_time(raw.get("finished_at")),
     )

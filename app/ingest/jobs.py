@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import NotFoundError
@@ -26,7 +26,7 @@ class Job:
     status: str = "queued"
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     finished_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +65,7 @@ class JobManager:
         except Exception as exc:  # noqa: BLE001 - a job reports its failure instead of raising
             log.exception("Ingest job %s failed", job.id)
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
-        job.finished_at = datetime.now(timezone.utc).isoformat()
+        job.finished_at = datetime.now(UTC).isoformat()
 
     def get(self, job_id: str) -> Job:
         try:

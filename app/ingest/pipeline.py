@@ -19,17 +19,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.model.encoder import PEEncoder
 from app.errors import ImageLoadError
-from app.media.fetch import UrlFetcher
-from app.media.decode import decode_reduced, image_format
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
-    BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,
+    BatchObserver,
+    IngestSummary,
+    Progress,
+    RunClock,
+    chunks,
+    commit_batch,
+    embed_unique,
+    image_row,
+    unchanged_uris,
 )
-from index.dto import NewImage
+from app.media.decode import decode_reduced, image_format
+from app.media.fetch import UrlFetcher
+from app.model.encoder import PEEncoder
 from app.settings import Settings
-from index.dto import CollectionInfo
+from index.dto import CollectionInfo, NewImage
 from index.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -123,13 +130,24 @@ class Ingestor:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, store: VectorStore, encoder: PEEncoder, fetcher: UrlFetcher,
-        batch_size: int | None = None, on_batch: BatchObserver | None = None,
+        cls,
+        settings: Settings,
+        *,
+        store: VectorStore,
+        encoder: PEEncoder,
+        fetcher: UrlFetcher,
+        batch_size: int | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> Ingestor:
         """The engine as configured (PE_SEARCH_INGEST_*), for the CLI and server-side jobs alike."""
         return cls(
-            store=store, encoder=encoder, fetcher=fetcher, batch_size=batch_size or settings.ingest_batch,
-            workers=settings.ingest_workers, jpeg_draft=settings.ingest_jpeg_draft, on_batch=on_batch,
+            store=store,
+            encoder=encoder,
+            fetcher=fetcher,
+            batch_size=batch_size or settings.ingest_batch,
+            workers=settings.ingest_workers,
+            jpeg_draft=settings.ingest_jpeg_draft,
+            on_batch=on_batch,
         )
 
     def run(
@@ -140,7 +158,9 @@ class Ingestor:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
     ) -> IngestSummary:
-        info = self.store.ensure_collection(collection, model=self.encoder.variant.version_id, dim=self.encoder.variant.dim)
+        info = self.store.ensure_collection(
+            collection, model=self.encoder.variant.version_id, dim=self.encoder.variant.dim
+        )
         summary = IngestSummary()
         batch: list[Prepared] = []
         rejected: list[Rejected] = []
@@ -168,7 +188,9 @@ class Ingestor:
             pending: deque[Future] = deque()
             for chunk in chunks(items, 256):
                 for entry in self._skip_unchanged(chunk, collection_id):
-                    pending.append(pool.submit(self.preparer.prepare, entry) if isinstance(entry, SourceItem) else _done(entry))
+                    pending.append(
+                        pool.submit(self.preparer.prepare, entry) if isinstance(entry, SourceItem) else _done(entry)
+                    )
                     while len(pending) > ahead:
                         yield pending.popleft().result()
             while pending:
@@ -178,15 +200,21 @@ class Ingestor:
         unchanged = unchanged_uris(self.store, collection_id=collection_id, entries=chunk)
         return [_Unchanged(e) if isinstance(e, SourceItem) and e.uri in unchanged else e for e in chunk]
 
-    def _write(self, info: CollectionInfo, batch: list[Prepared], rejected: list[Rejected], summary: IngestSummary) -> None:
+    def _write(
+        self, info: CollectionInfo, batch: list[Prepared], rejected: list[Rejected], summary: IngestSummary
+    ) -> None:
         if not batch and not rejected:
             return
         pixels = [(p.sha256, p.pixels) for p in batch]
         stored = self.store.existing_shas(info.id, [sha256 for sha256, _ in pixels])
         vectors = embed_unique(self.encoder, [pair for pair in pixels if pair[0] not in stored])
         commit_batch(
-            self.store, info=info, rows=self._rows(batch, vectors), failures=[(r.uri, r.reason) for r in rejected],
-            summary=summary, on_batch=self.on_batch,
+            self.store,
+            info=info,
+            rows=self._rows(batch, vectors),
+            failures=[(r.uri, r.reason) for r in rejected],
+            summary=summary,
+            on_batch=self.on_batch,
             embed_missing=lambda shas: embed_unique(self.encoder, [pair for pair in pixels if pair[0] in set(shas)]),
         )
 
@@ -194,7 +222,12 @@ class Ingestor:
     def _rows(batch: list[Prepared], vectors: dict[str, np.ndarray]) -> list[NewImage]:
         return [
             image_row(
-                p.item, sha256=p.sha256, width=p.width, height=p.height, format=p.format, byte_size=p.byte_size,
+                p.item,
+                sha256=p.sha256,
+                width=p.width,
+                height=p.height,
+                format=p.format,
+                byte_size=p.byte_size,
                 vector=vectors.get(p.sha256),
             )
             for p in batch

@@ -28,10 +28,18 @@ import numpy as np
 from app.errors import PESearchError
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
-    BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,
+    BatchObserver,
+    IngestSummary,
+    Progress,
+    RunClock,
+    chunks,
+    commit_batch,
+    embed_unique,
+    image_row,
+    unchanged_uris,
 )
-from app.settings import Settings
 from app.model.variants import get_variant
+from app.settings import Settings
 from index.store import CollectionInfo, VectorStore
 
 log = logging.getLogger(__name__)
@@ -84,8 +92,8 @@ class EmbedActor:
     """
 
     def __init__(self, *, settings: Settings, model: str, decode_threads: int = 2) -> None:
-        from app.media.fetch import UrlFetcher
         from app.ingest.pipeline import Preparer
+        from app.media.fetch import UrlFetcher
         from app.model.registry import ModelRegistry
 
         self.encoder = ModelRegistry(settings).get(model)
@@ -97,7 +105,7 @@ class EmbedActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [
             SourceItem(uri=str(uri), path=Path(path) if path else None, url=str(url) if url else None)
-            for uri, path, url in zip(batch["uri"], batch["path"], batch["url"])
+            for uri, path, url in zip(batch["uri"], batch["path"], batch["url"], strict=True)
         ]
         outcomes = list(self.pool.map(self.preparer.prepare, items))
         vectors = embed_unique(self.encoder, [(o.sha256, o.pixels) for o in outcomes if not isinstance(o, Rejected)])

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from app.errors import ForbiddenPathError, InvalidInputError
-from app.media.fetch import UrlFetcher
 from app.ingest.jobs import Job, JobManager
 from app.ingest.pipeline import BatchObserver, Ingestor
 from app.ingest.sources import Rejected, SourceItem, folder_items, manifest_items, url_list_items
+from app.media.fetch import UrlFetcher
 from app.model.registry import ModelRegistry
 from app.settings import Settings
 from index.store import VectorStore

@@ -48,7 +48,9 @@ def file_item(path: Path, root: Path, metadata: dict[str, Any] | None = None) ->
         return Rejected(str(path), f"cannot read the file ({exc.strerror or exc})")
     if not real.is_relative_to(root):
         return Rejected(str(path), "the path leads outside the ingest root (symlink or ..)")
-    return SourceItem(uri=str(real), path=real, root=root, size=stat.st_size, mtime=stat.st_mtime, metadata=metadata or {})
+    return SourceItem(
+        uri=str(real), path=real, root=root, size=stat.st_size, mtime=stat.st_mtime, metadata=metadata or {}
+    )
 
 
 def folder_items(root: Path) -> Iterator[SourceItem | Rejected]:
@@ -90,6 +92,7 @@ def manifest_items(
     `allowed_roots` (server-side jobs), files elsewhere are refused.
     """
     suffix = path.suffix.lower()
+    rows: Iterator[tuple[int, dict[str, Any] | Rejected]]
     if suffix == ".parquet":
         rows = _parquet_rows(path)
     else:

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.ingest.sources import Rejected, SourceItem
-from index.dto import NewImage
+from index.dto import CollectionInfo, NewImage
 from index.errors import MissingVectorError
-from index.dto import CollectionInfo
 from index.store import VectorStore
 
 if TYPE_CHECKING:
@@ -69,7 +68,12 @@ class RunClock:
     """
 
     def __init__(
-        self, *, store: VectorStore, collection: str, summary: IngestSummary, progress: Progress | None = None,
+        self,
+        *,
+        store: VectorStore,
+        collection: str,
+        summary: IngestSummary,
+        progress: Progress | None = None,
         every: float = CHECKPOINT_EVERY_SECONDS,
     ) -> None:
         self.store = store
@@ -109,7 +113,7 @@ def embed_unique(encoder: PEEncoder, pixels: Iterable[tuple[str, torch.Tensor]])
         unique.setdefault(sha256, tensor)
     if not unique:
         return {}
-    return dict(zip(unique, encoder.embed_pixels(list(unique.values()))))
+    return dict(zip(unique, encoder.embed_pixels(list(unique.values())), strict=True))
 
 
 def unchanged_uris(store: VectorStore, *, collection_id: int, entries: Iterable[SourceItem | Rejected]) -> set[str]:
@@ -126,13 +130,28 @@ def unchanged_uris(store: VectorStore, *, collection_id: int, entries: Iterable[
 
 
 def image_row(
-    item: SourceItem, *, sha256: str, width: int, height: int, format: str | None, byte_size: int,
+    item: SourceItem,
+    *,
+    sha256: str,
+    width: int,
+    height: int,
+    format: str | None,
+    byte_size: int,
     vector: np.ndarray | None,
 ) -> NewImage:
     """The row for one read item; `vector` may be None for content the store already holds."""
     return NewImage(
-        sha256=sha256, uri=item.uri, width=width, height=height, format=format, byte_size=byte_size,
-        vector=vector, meta=item.metadata, root=str(item.root) if item.root else None, size=item.size, mtime=item.mtime,
+        sha256=sha256,
+        uri=item.uri,
+        width=width,
+        height=height,
+        format=format,
+        byte_size=byte_size,
+        vector=vector,
+        meta=item.metadata,
+        root=str(item.root) if item.root else None,
+        size=item.size,
+        mtime=item.mtime,
     )
 
 

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -16,6 +16,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from app.errors import ImageLoadError
+from app.settings import UrlPolicy
 
 Resolver = Callable[[str, int], list[str]]
 _CHUNK = 64 * 1024
@@ -27,7 +28,7 @@ def is_http_url(value: str) -> bool:
 
 def system_resolver(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0] for info in infos})
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def is_public_address(address: str) -> bool:
@@ -44,22 +45,6 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-@dataclass(frozen=True)
-class UrlPolicy:
-    enabled: bool = True
-    allow_http: bool = False
-    allow_ip_hosts: bool = False
-    allow_private_hosts: bool = False
-    connect_timeout: float = 5.0
-    read_timeout: float = 15.0
-    max_bytes: int = 20 * 1024 * 1024
-    max_redirects: int = 3
-    # Host patterns: "example.com" matches it and its subdomains. A non-empty allow-list
-    # admits only its hosts; the deny-list always wins.
-    allow_hosts: tuple[str, ...] = ()
-    deny_hosts: tuple[str, ...] = ()
 
 
 def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
@@ -138,7 +123,7 @@ class _CheckedHTTPSPool(HTTPSConnectionPool):
 class PublicPeersOnly(HTTPAdapter):
     """Checks the address each connection actually reached, before a byte of the request is sent."""
 
-    def init_poolmanager(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - HTTPAdapter's signature
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _CheckedHTTPPool, "https": _CheckedHTTPSPool}
 

@@ -11,8 +11,8 @@ from typing import Any
 from PIL import Image
 
 from app.errors import ImageLoadError
-from app.media.fetch import UrlFetcher
 from app.media.decode import decode_image
+from app.media.fetch import UrlFetcher
 
 _DATA_URL_PREFIX = re.compile(r"^data:[^,;]*(;[^,;]*)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -51,7 +51,9 @@ def decode_base64(value: Any) -> bytes:
 class ImageLoader:
     """Loads one image object of any accepted type; blocking (decode, network)."""
 
-    def __init__(self, fetcher: UrlFetcher, *, max_bytes: int = 20 * 1024 * 1024, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, fetcher: UrlFetcher, *, max_bytes: int = 20 * 1024 * 1024, max_pixels: int | None = None
+    ) -> None:
         self.fetcher = fetcher
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels

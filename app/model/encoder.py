@@ -35,8 +35,14 @@ KINDS = ("image", "text")
 DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
 # Fixed inputs on which each reduced-precision mode is compared with fp32 before it is used.
 PROBE_TEXTS = (
-    "a photo of a dog", "a red car parked on a street at night", "two people hiking in the mountains",
-    "a bowl of soup", "an aerial view of a city", "a close-up of a cat's face", "text on a white page", "a sunset",
+    "a photo of a dog",
+    "a red car parked on a street at night",
+    "two people hiking in the mountains",
+    "a bowl of soup",
+    "an aerial view of a city",
+    "a close-up of a cat's face",
+    "text on a white page",
+    "a sunset",
 )
 PROBE_IMAGES = 8
 
@@ -164,8 +170,7 @@ class PEEncoder:
         name = self.variant.open_clip_name
         if self.weights == RANDOM:
             log.warning(
-                "Building %s with RANDOM weights: embeddings are meaningless. "
-                "For tests and development only.",
+                "Building %s with RANDOM weights: embeddings are meaningless. For tests and development only.",
                 self.variant.version_id,
             )
             with torch.random.fork_rng(devices=[]):
@@ -200,8 +205,13 @@ class PEEncoder:
                 return towers.get(mode, fp32)(probe).float()
 
         self.modes[kind] = mode = precision.choose(self.requested[kind], kind=kind, device=self.device, embed=embed)
-        log.info("%s %s tower runs in %s (cosine to fp32 on probe set: %s)", self.variant.version_id, kind,
-                 mode.precision, "n/a" if mode.cosine is None else f"{mode.cosine:.5f}")
+        log.info(
+            "%s %s tower runs in %s (cosine to fp32 on probe set: %s)",
+            self.variant.version_id,
+            kind,
+            mode.precision,
+            "n/a" if mode.cosine is None else f"{mode.cosine:.5f}",
+        )
         tower = towers.get(mode.precision, fp32)
         if tower is not fp32:
             # The quantised copy replaces the fp32 tower, whose memory is then freed.

@@ -90,18 +90,25 @@ def choose(
     if requested == "fp32":
         return TowerMode("fp32")
     if requested != "auto":
-        mode = TowerMode(requested, min_cosine(embed("fp32"), embed(requested)))
-        if mode.cosine < COSINE_GUARD:
-            log.warning("%s tower in %s as asked: cosine to fp32 is %.5f on these weights, under the %.3f guard",
-                        kind, requested, mode.cosine, COSINE_GUARD)
-        return mode
+        checked = min_cosine(embed("fp32"), embed(requested))
+        if checked < COSINE_GUARD:
+            log.warning(
+                "%s tower in %s as asked: cosine to fp32 is %.5f on these weights, under the %.3f guard",
+                kind,
+                requested,
+                checked,
+                COSINE_GUARD,
+            )
+        return TowerMode(requested, checked)
     options = candidates(device, kind)
     if not options:
         return TowerMode("fp32")
     reference = embed("fp32")
-    for mode in options:
-        cosine = min_cosine(reference, embed(mode))
+    for option in options:
+        cosine = min_cosine(reference, embed(option))
         if cosine >= COSINE_GUARD:
-            return TowerMode(mode, cosine)
-        log.info("%s tower: %s kept off, cosine to fp32 %.5f < %.3f on these weights", kind, mode, cosine, COSINE_GUARD)
+            return TowerMode(option, cosine)
+        log.info(
+            "%s tower: %s kept off, cosine to fp32 %.5f < %.3f on these weights", kind, option, cosine, COSINE_GUARD
+        )
     return TowerMode("fp32")

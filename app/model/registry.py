@@ -9,8 +9,8 @@ from collections.abc import Callable
 from functools import partial
 
 from app.model.encoder import EncoderInfo, PEEncoder
-from app.settings import Settings
 from app.model.variants import get_variant
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 

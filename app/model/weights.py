@@ -54,9 +54,7 @@ def cached_hub_checkpoint(variant: Variant, cache_dir: Path | None) -> str | Non
     from huggingface_hub import try_to_load_from_cache
 
     for filename in OPEN_CLIP_WEIGHT_FILES:
-        found = try_to_load_from_cache(
-            variant.hub_repo, filename, cache_dir=str(cache_dir) if cache_dir else None
-        )
+        found = try_to_load_from_cache(variant.hub_repo, filename, cache_dir=str(cache_dir) if cache_dir else None)
         if isinstance(found, str):
             return found
     return None
@@ -95,7 +93,7 @@ def convert_meta_state_dict(state: dict, model: torch.nn.Module) -> dict:
     The vision tower goes through timm's own PE converter; Meta's text tower uses
     the names open_clip's text transformer has, one level up.
     """
-    trunk = model.visual.trunk
+    trunk: torch.nn.Module = model.get_submodule("visual.trunk")
     visual = checkpoint_filter_fn({k: v for k, v in state.items() if k.startswith("visual.")}, trunk)
     trunk_keys = trunk.state_dict().keys()
     out = {}

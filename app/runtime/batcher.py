@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,9 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, runner: InferenceRunner, *, max_batch: int = 32, max_wait_ms: float = 2.0, enabled: bool = True) -> None:
+    def __init__(
+        self, runner: InferenceRunner, *, max_batch: int = 32, max_wait_ms: float = 2.0, enabled: bool = True
+    ) -> None:
         self.runner = runner
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
@@ -112,5 +114,5 @@ class MicroBatcher:
                 await worker
 
 
-def _forward(encoder: PEEncoder, kind: str):  # noqa: ANN202 - the encoder's bound embed method
+def _forward(encoder: PEEncoder, kind: str) -> Callable[[Sequence[Any]], np.ndarray]:
     return encoder.embed_texts if kind == "text" else encoder.embed_pixels

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.model.encoder import PEEncoder
 from app.errors import InvalidInputError, PayloadTooLargeError, TooManyItemsError
 from app.media.image_ref import ImageLoader, ImageRef
+from app.model.encoder import PEEncoder
+from app.model.registry import ModelRegistry
 from app.runtime.batcher import MicroBatcher
 from app.runtime.executor import run_blocking
-from app.model.registry import ModelRegistry
 
 # A bare string is a text, or (compare's subject or prompt of type image) a URL or base64 image.
 PromptItem = ImageRef | str
@@ -37,9 +37,9 @@ class Prompts:
             return cls(items=list(prompt))
         return cls(items=[prompt])
 
-    def shape(self, scores: Sequence[float]) -> list[float] | dict[str, float]:
+    def shape(self, scores: Sequence[float] | np.ndarray) -> list[float] | dict[str, float]:
         values = [float(s) for s in scores]
-        return dict(zip(self.keys, values)) if self.keys is not None else values
+        return dict(zip(self.keys, values, strict=True)) if self.keys is not None else values
 
 
 @dataclass(frozen=True)
@@ -117,18 +117,19 @@ class Embedder:
         """Cached texts (search queries repeat) skip the model; the rest share a micro-batch."""
         model = encoder.variant.version_id
         cached = [self.text_cache.get(model, text) for text in texts]
-        missing = list(dict.fromkeys(t for t, v in zip(texts, cached) if v is None))
-        fresh = dict(zip(missing, await self.batcher.texts(encoder, missing))) if missing else {}
+        missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
+        fresh = dict(zip(missing, await self.batcher.texts(encoder, missing), strict=True)) if missing else {}
         for text, vector in fresh.items():
             self.text_cache.put(model, text, vector)
-        return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, cached)])
+        return np.stack([v if v is not None else fresh[t] for t, v in zip(texts, cached, strict=True)])
 
     async def _embed_as(self, encoder: PEEncoder, kind: str, items: Sequence[PromptItem], role: str) -> np.ndarray:
         if kind == "text":
-            if not all(isinstance(item, str) for item in items):
+            texts = [item for item in items if isinstance(item, str)]
+            if len(texts) != len(items):
                 raise InvalidInputError(f"{role}_type is 'text' but the {role} holds an image object")
-            self._check_texts(items)
-            return await self._texts(encoder, items)
+            self._check_texts(texts)
+            return await self._texts(encoder, texts)
         return await self.batcher.images(encoder, await self._load_images(encoder, items))
 
     async def compare(

@@ -45,8 +45,14 @@ class ImageService:
         vector = (await self.embedder.embed_pixels(encoder, [pixels]))[0]
         await run_blocking(self.uploads.save, data, sha256)
         row = NewImage(
-            sha256=sha256, uri=f"{UPLOAD_SCHEME}{sha256}", width=image.width, height=image.height,
-            format=image_format(data), byte_size=len(data), vector=vector, meta=metadata,
+            sha256=sha256,
+            uri=f"{UPLOAD_SCHEME}{sha256}",
+            width=image.width,
+            height=image.height,
+            format=image_format(data),
+            byte_size=len(data),
+            vector=vector,
+            meta=metadata,
         )
         [(image_id, created)] = await run_blocking(self.store.add_images, info.id, [row])
         return Added(image_id, created, collection)
@@ -58,7 +64,7 @@ class ImageService:
 def locate_image_file(image: ImageRecord, store: VectorStore, uploads: UploadFiles) -> Path | str:
     """A stored image's bytes: a local path (uploads; files still under their ingest root) or its URL."""
     if image.uri.startswith(UPLOAD_SCHEME):
-        path = uploads.path(image.uri[len(UPLOAD_SCHEME):])
+        path = uploads.path(image.uri[len(UPLOAD_SCHEME) :])
         if path.is_file():
             return path
         raise NotFoundError(f"The stored upload of image {image.id} is missing.")

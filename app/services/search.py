@@ -9,12 +9,12 @@ import numpy as np
 
 from app.errors import InvalidInputError
 from app.media.image_ref import ImageRef
-from app.runtime.executor import run_blocking
 from app.model.variants import get_variant
+from app.runtime.executor import run_blocking
 from app.services.embedding import Embedder
+from index.dto import CollectionInfo, ImageRecord
 from index.errors import ModelMismatchError
 from index.filters import SearchFilter
-from index.dto import CollectionInfo, ImageRecord
 from index.store import VectorStore
 
 
@@ -65,7 +65,13 @@ class SearchService:
         timing.encode = time.perf_counter() - started
         started = time.perf_counter()
         hits = await run_blocking(
-            self.store.search, info.id, vector, min(query.top_k, self.max_top_k), query.search_filter, query.min_score, **query.knobs
+            self.store.search,
+            info.id,
+            vector,
+            min(query.top_k, self.max_top_k),
+            query.search_filter,
+            query.min_score,
+            **query.knobs,
         )
         timing.search = time.perf_counter() - started
         started = time.perf_counter()
@@ -83,4 +89,5 @@ class SearchService:
             return vector
         if query.text is not None:
             return (await self.embedder.embed_texts(info.model, [query.text]))[0]
+        assert query.image is not None  # exactly one of the three, checked in search()
         return (await self.embedder.embed_images(info.model, [query.image]))[0]

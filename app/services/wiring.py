@@ -45,8 +45,11 @@ def open_store(settings: Settings) -> VectorStore:
     """The store of the configured database and data dir, migrated (unless read-only) and loaded."""
     check_data_dir(settings.data_dir)
     return VectorStore(
-        engine=create_db_engine(settings.db_url), index_dir=settings.index_dir,
-        memory_budget=settings.index_memory_budget, index_mmap=settings.index_mmap, read_only=settings.read_only,
+        engine=create_db_engine(settings.db_url),
+        index_dir=settings.index_dir,
+        memory_budget=settings.index_memory_budget,
+        index_mmap=settings.index_mmap,
+        read_only=settings.read_only,
     ).open()
 
 
@@ -104,17 +107,28 @@ def build_services(
     store = store or open_store(settings)
     runner = InferenceRunner()
     batcher = MicroBatcher(
-        runner, max_batch=settings.microbatch_max_items, max_wait_ms=settings.microbatch_wait_ms,
+        runner,
+        max_batch=settings.microbatch_max_items,
+        max_wait_ms=settings.microbatch_wait_ms,
         enabled=settings.microbatch,
     )
     embedder = Embedder(
-        encoders.registry, encoders.loader, batcher, max_items=settings.max_batch,
-        max_text_chars=settings.max_text_chars, text_cache_size=settings.text_cache_size,
+        encoders.registry,
+        encoders.loader,
+        batcher,
+        max_items=settings.max_batch,
+        max_text_chars=settings.max_text_chars,
+        text_cache_size=settings.text_cache_size,
     )
     uploads = UploadFiles(settings.uploads_dir)
     jobs = JobManager()
     return Services(
-        settings=settings, encoders=encoders, runner=runner, batcher=batcher, embedder=embedder, store=store,
+        settings=settings,
+        encoders=encoders,
+        runner=runner,
+        batcher=batcher,
+        embedder=embedder,
+        store=store,
         search=SearchService(store=store, embedder=embedder, max_top_k=settings.max_top_k),
         uploads=uploads,
         images=ImageService(store=store, embedder=embedder, uploads=uploads),
@@ -123,7 +137,11 @@ def build_services(
         ),
         jobs=jobs,
         ingest=IngestService(
-            store=store, registry=encoders.registry, fetcher=encoders.fetcher, settings=settings, jobs=jobs,
+            store=store,
+            registry=encoders.registry,
+            fetcher=encoders.fetcher,
+            settings=settings,
+            jobs=jobs,
             on_batch=on_batch,
         ),
     )

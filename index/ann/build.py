@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
 from index.ann.vector_index import HNSW_DEFAULTS, IVF_POINTS_PER_LIST, IndexSpec, VectorIndex, hnsw_bytes_per_vector
 
 log = logging.getLogger(__name__)

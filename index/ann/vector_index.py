@@ -44,7 +44,9 @@ def ivfpq_params(n: int, dim: int) -> dict[str, Any]:
     return {**IVFPQ_DEFAULTS, "nlist": nlist, "m": m, "nbits": nbits}
 
 
-def choose_spec(requested: str, n: int, dim: int, memory_budget: int, params: dict[str, Any] | None = None) -> IndexSpec:
+def choose_spec(
+    requested: str, n: int, dim: int, memory_budget: int, params: dict[str, Any] | None = None
+) -> IndexSpec:
     """The index a collection of n vectors gets: as asked, or by size and memory budget for auto."""
     params = dict(params or {})
     kind = requested
@@ -77,7 +79,12 @@ class VectorIndex:
     """
 
     def __init__(
-        self, spec: IndexSpec, dim: int, index: faiss.Index, hidden: set[int] | None = None, mapped: BinaryIO | None = None
+        self,
+        spec: IndexSpec,
+        dim: int,
+        index: faiss.Index,
+        hidden: set[int] | None = None,
+        mapped: BinaryIO | None = None,
     ) -> None:
         self.spec = spec
         self.dim = dim
@@ -93,12 +100,14 @@ class VectorIndex:
         if self.mapped is None:
             return
         self.mapped.seek(0)
-        self.index = faiss.read_index(faiss.PyCallbackIOReader(self.mapped.read))
+        # faiss's bundled stubs omit its Python-level wrappers; the ignores below are for those names.
+        self.index = faiss.read_index(faiss.PyCallbackIOReader(self.mapped.read))  # type: ignore[attr-defined]
         self.mapped.close()
         self.mapped = None
 
     @classmethod
     def build(cls, spec: IndexSpec, dim: int, train: np.ndarray | None = None) -> VectorIndex:
+        index: faiss.Index
         if spec.kind == "flat":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         elif spec.kind == "hnsw":
@@ -107,7 +116,9 @@ class VectorIndex:
             index = faiss.IndexIDMap2(hnsw)
         else:
             quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFPQ(quantizer, dim, spec.params["nlist"], spec.params["m"], spec.params["nbits"], faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFPQ(
+                quantizer, dim, spec.params["nlist"], spec.params["m"], spec.params["nbits"], faiss.METRIC_INNER_PRODUCT
+            )
             if train is None or len(train) == 0:
                 raise ValueError("an IVF-PQ index needs training vectors")
             index.train(np.ascontiguousarray(train, dtype=np.float32))
@@ -130,9 +141,11 @@ class VectorIndex:
             self.hidden.update(int(i) for i in ids)
         else:
             self._own()
-            self.index.remove_ids(ids)
+            self.index.remove_ids(ids)  # type: ignore[arg-type]  # the wrapper takes an id array
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, **knobs: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, **knobs: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) for one query, best first; only ids in `allowed` when given."""
         if self.index.ntotal == 0 or k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
@@ -146,7 +159,9 @@ class VectorIndex:
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k, params=params)
+            scores, ids = self.index.search(
+                np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k, params=params
+            )
         finally:
             faiss.omp_set_num_threads(threads)
         del parts
@@ -155,7 +170,7 @@ class VectorIndex:
 
     def _selector(self, allowed: np.ndarray | None) -> tuple[faiss.IDSelector | None, list[object]]:
         parts: list[object] = []
-        selector = None
+        selector: faiss.IDSelector | None = None
         if allowed is not None:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
             selector = faiss.IDSelectorBatch(allowed)
@@ -171,7 +186,7 @@ class VectorIndex:
 
     def _params(self, selector: faiss.IDSelector | None, knobs: dict[str, int]) -> faiss.SearchParameters | None:
         if self.spec.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = int(knobs.get("ef_search") or self.spec.params["ef_search"])
         elif self.spec.kind == "ivfpq":
             params = faiss.SearchParametersIVF()

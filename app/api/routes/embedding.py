@@ -38,18 +38,14 @@ def _list(value: object) -> list:
 
 
 @router.post("/embed_image", response_model=EmbeddingResponse, summary="Embed one image or a list of images")
-async def embed_image(
-    body: EmbedImageRequest, embedder: EmbedderDep
-) -> EmbeddingResponse:
+async def embed_image(body: EmbedImageRequest, embedder: EmbedderDep) -> EmbeddingResponse:
     started = time.perf_counter()
     vectors = await embedder.embed_images(body.perception_encoder_version_id, to_refs(_list(body.image)))
     return EmbeddingResponse(time=time.perf_counter() - started, embeddings=vectors.tolist())
 
 
 @router.post("/embed_text", response_model=EmbeddingResponse, summary="Embed one text or a list of texts")
-async def embed_text(
-    body: EmbedTextRequest, embedder: EmbedderDep
-) -> EmbeddingResponse:
+async def embed_text(body: EmbedTextRequest, embedder: EmbedderDep) -> EmbeddingResponse:
     started = time.perf_counter()
     vectors = await embedder.embed_texts(body.perception_encoder_version_id, _list(body.text))
     return EmbeddingResponse(time=time.perf_counter() - started, embeddings=vectors.tolist())
@@ -63,7 +59,11 @@ async def embed_text(
 async def compare(body: CompareRequest, embedder: EmbedderDep) -> CompareResponse:
     started = time.perf_counter()
     similarity = await embedder.compare(
-        body.perception_encoder_version_id, to_refs(body.subject), body.subject_type, to_refs(body.prompt), body.prompt_type
+        body.perception_encoder_version_id,
+        to_refs(body.subject),
+        body.subject_type,
+        to_refs(body.prompt),
+        body.prompt_type,
     )
     return CompareResponse(time=time.perf_counter() - started, similarity=similarity)
 
@@ -73,9 +73,7 @@ async def compare(body: CompareRequest, embedder: EmbedderDep) -> CompareRespons
     response_model=ClassifyResponse,
     summary="Zero-shot classification: class probabilities, softmax over logit_scale x cosine",
 )
-async def classify(
-    body: ClassifyRequest, embedder: EmbedderDep
-) -> ClassifyResponse:
+async def classify(body: ClassifyRequest, embedder: EmbedderDep) -> ClassifyResponse:
     started = time.perf_counter()
     scores = await embedder.classify(
         body.perception_encoder_version_id, to_refs(body.subject), body.subject_type, body.prompt

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
-from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from app.api.auth import ReadAccess, WriteAccess
 from app.api.deps import ImagesDep, MetricsDep, StoreDep
@@ -23,10 +23,12 @@ from app.api.store_schemas import (
     UploadFields,
     storable_json,
 )
-from app.errors import InvalidInputError, UnsupportedMediaError
 from app.api.urls import file_url
+from app.errors import InvalidInputError, UnsupportedMediaError
 from app.runtime.executor import run_blocking
 from index.dto import ImageRecord as StoredImage
+from index.errors import ImageNotFoundError
+from index.store import VectorStore
 
 router = APIRouter(
     prefix="/images",
@@ -35,11 +37,23 @@ router = APIRouter(
 )
 
 
-def _record(image: StoredImage, collection: str) -> ImageRecord:
+async def _record(image: StoredImage, store: VectorStore) -> ImageRecord:
+    collection = await run_blocking(store.collection_name, image.collection_id)
+    if collection is None:  # deleted with its collection since the image was read
+        raise ImageNotFoundError(image.id)
     return ImageRecord(
-        id=image.id, collection=collection, sha256=image.sha256, uri=image.uri, width=image.width,
-        height=image.height, format=image.format, byte_size=image.byte_size, metadata=image.meta,
-        file_url=file_url(image.id), created_at=image.created_at, updated_at=image.updated_at,
+        id=image.id,
+        collection=collection,
+        sha256=image.sha256,
+        uri=image.uri,
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        byte_size=image.byte_size,
+        metadata=image.meta,
+        file_url=file_url(image.id),
+        created_at=image.created_at,
+        updated_at=image.updated_at,
     )
 
 
@@ -97,7 +111,7 @@ async def _from_form(request: Request) -> tuple[UploadFields, bytes]:
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise InvalidInputError("The multipart body needs a `file` part.")
-    fields = {k: form.get(k) for k in ("collection", "perception_encoder_version_id") if form.get(k)}
+    fields: dict[str, Any] = {k: form.get(k) for k in ("collection", "perception_encoder_version_id") if form.get(k)}
     fields["metadata"] = _parse_metadata(form.get("metadata"))
     return _validated(UploadFields, fields), await upload.read()
 
@@ -117,10 +131,14 @@ def _parse_metadata(raw: Any) -> dict[str, Any]:
 @router.get("/{image_id}", dependencies=[ReadAccess], response_model=ImageRecord, summary="An image's record")
 async def get_image(image_id: ImageId, store: StoreDep) -> ImageRecord:
     image = await run_blocking(store.image, image_id)
-    return _record(image, await run_blocking(store.collection_name, image.collection_id))
+    return await _record(image, store)
 
 
-@router.get("/{image_id}/file", dependencies=[ReadAccess], summary="The image file (uploads and files still under their root; URLs redirect)")
+@router.get(
+    "/{image_id}/file",
+    dependencies=[ReadAccess],
+    summary="The image file (uploads and files still under their root; URLs redirect)",
+)
 async def get_image_file(image_id: ImageId, store: StoreDep, images: ImagesDep) -> Response:
     image = await run_blocking(store.image, image_id)
     location = await run_blocking(images.file_location, image)
@@ -130,13 +148,20 @@ async def get_image_file(image_id: ImageId, store: StoreDep, images: ImagesDep) 
     return FileResponse(location, media_type=media)
 
 
-@router.patch("/{image_id}", dependencies=[WriteAccess], response_model=ImageRecord, summary="Set or remove metadata keys (null removes)")
+@router.patch(
+    "/{image_id}",
+    dependencies=[WriteAccess],
+    response_model=ImageRecord,
+    summary="Set or remove metadata keys (null removes)",
+)
 async def patch_image(image_id: ImageId, body: PatchImageRequest, store: StoreDep) -> ImageRecord:
     updated = await run_blocking(store.patch_metadata, image_id, body.metadata)
-    return _record(updated, await run_blocking(store.collection_name, updated.collection_id))
+    return await _record(updated, store)
 
 
-@router.delete("/{image_id}", dependencies=[WriteAccess], status_code=204, summary="Delete an image from its collection and index")
+@router.delete(
+    "/{image_id}", dependencies=[WriteAccess], status_code=204, summary="Delete an image from its collection and index"
+)
 async def delete_image(image_id: ImageId, store: StoreDep) -> Response:
     await run_blocking(store.image, image_id)  # 404 when absent
     await run_blocking(store.delete_images, [image_id])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.runtime.executor import run_blocking
 from app.api.deps import MetricsDep
+from app.runtime.executor import run_blocking
 
 router = APIRouter(include_in_schema=False)
 

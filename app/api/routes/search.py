@@ -33,8 +33,14 @@ def _server_timing(timing: Timing, total: float) -> str:
 def _hit(hit: SearchHit) -> SearchHitOut:
     image = hit.image
     return SearchHitOut(
-        id=image.id, score=hit.score, uri=image.uri, width=image.width, height=image.height, format=image.format,
-        metadata=image.meta, file_url=file_url(image.id),
+        id=image.id,
+        score=hit.score,
+        uri=image.uri,
+        width=image.width,
+        height=image.height,
+        format=image.format,
+        metadata=image.meta,
+        file_url=file_url(image.id),
     )
 
 
@@ -45,7 +51,9 @@ async def _run(search: SearchDep, query: SearchQuery, response: Response, starte
     return SearchResponse(results=[_hit(r) for r in results], collection=query.collection, time=total)
 
 
-@router.post("/search", response_model=SearchResponse, summary="Search a collection by text, image, or a stored image's id")
+@router.post(
+    "/search", response_model=SearchResponse, summary="Search a collection by text, image, or a stored image's id"
+)
 async def search_post(body: SearchRequest, search: SearchDep, response: Response) -> SearchResponse:
     started = time.perf_counter()
     search_filter = SearchFilter(**body.filter.model_dump()) if body.filter else None
