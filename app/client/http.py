@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -28,58 +27,7 @@ from app.client.models import (
     parse_collection,
     parse_job,
 )
-
-
-def _error_message(response: requests.Response) -> tuple[str, Any]:
-    """The server's `message`, or FastAPI's 422 `detail` as one line; else the raw body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return (response.text.strip() or response.reason or "no message"), None
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"], None
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                where = ".".join(str(p) for p in item.get("loc", ()))
-                parts.append(f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", "")))
-            else:
-                parts.append(str(item))
-        return "; ".join(parts) or "invalid request", detail
-    if isinstance(detail, str):
-        return detail, None
-    return json.dumps(body), None
-
-
-def _is_url(image: ImageInput) -> bool:
-    return isinstance(image, str) and image.startswith(("http://", "https://"))
-
-
-def _read(image: str | Path | bytes) -> bytes:
-    return bytes(image) if isinstance(image, (bytes, bytearray)) else Path(image).read_bytes()
-
-
-def _image_object(image: ImageInput) -> dict[str, str]:
-    if _is_url(image):
-        return {"type": "url", "value": str(image)}
-    return {"type": "base64", "value": base64.b64encode(_read(image)).decode("ascii")}
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+from app.client.wire import chunks, error_message, image_bytes, image_object, is_url, jsonable
 
 
 class PESearchClient:
@@ -113,7 +61,7 @@ class PESearchClient:
         kwargs.setdefault("timeout", self.timeout)
         response = self._session.request(method, f"{self.api_url}{route}", **kwargs)
         if not 200 <= response.status_code < 300:
-            message, detail = _error_message(response)
+            message, detail = error_message(response)
             raise PESearchAPIError(response.status_code, message, detail)
         return response
 
@@ -164,7 +112,7 @@ class PESearchClient:
     ) -> list[SearchHit]:
         body: dict[str, Any] = {**query, "top_k": top_k, "collection": collection}
         if filter is not None:
-            body["filter"] = _jsonable(filter)
+            body["filter"] = jsonable(filter)
         if min_score is not None:
             body["min_score"] = min_score
         return [self._hit(hit) for hit in self._json("POST", "/search", json=body)["results"]]
@@ -192,7 +140,7 @@ class PESearchClient:
         min_score: float | None = None,
     ) -> list[SearchHit]:
         """Images most similar to a query image (path, bytes, or URL the server fetches)."""
-        return self._search({"image": _image_object(image)}, top_k, collection, filter, min_score)
+        return self._search({"image": image_object(image)}, top_k, collection, filter, min_score)
 
     def search_id(
         self,
@@ -211,15 +159,15 @@ class PESearchClient:
         self, image: ImageInput, metadata: Mapping[str, Any] | None = None, collection: str = "default"
     ) -> AddedImage:
         """Store and index one image; the same bytes twice give `created=False` and the first id."""
-        if _is_url(image):
-            body = {"image": _image_object(image), "metadata": dict(metadata or {}), "collection": collection}
+        if is_url(image):
+            body = {"image": image_object(image), "metadata": dict(metadata or {}), "collection": collection}
             raw = self._json("POST", "/images", json=body)
         else:
             name = Path(image).name if isinstance(image, (str, Path)) else "image"
             raw = self._json(
                 "POST",
                 "/images",
-                files={"file": (name, _read(image), "application/octet-stream")},
+                files={"file": (name, image_bytes(image), "application/octet-stream")},
                 data={"metadata": json.dumps(dict(metadata or {}), allow_nan=False), "collection": collection},
             )
         return AddedImage(id=raw["id"], created=raw["created"], collection=raw["collection"])
@@ -305,7 +253,7 @@ class PESearchClient:
     ) -> np.ndarray:
         """Unit-norm image embeddings, float32 of shape (len(images), dim); sent `batch_size` per request."""
         items = [images] if isinstance(images, (str, Path, bytes, bytearray)) else list(images)
-        return self._embed("embed_image", "image", [_image_object(i) for i in items], model, batch_size)
+        return self._embed("embed_image", "image", [image_object(i) for i in items], model, batch_size)
 
     def _embed(self, route: str, field: str, items: list[Any], model: str | None, batch_size: int) -> np.ndarray:
         if not items:
@@ -313,7 +261,7 @@ class PESearchClient:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1.")
         parts = []
-        for chunk in _chunks(items, batch_size):
+        for chunk in chunks(items, batch_size):
             body: dict[str, Any] = {field: list(chunk)}
             if model is not None:
                 body["perception_encoder_version_id"] = model
