@@ -66,7 +66,7 @@ def pipeline(encoder: Any, paths: list[Path], *, jpeg_draft: bool, batch: int, w
     from app.media.fetch import UrlFetcher, UrlPolicy
     from app.ingest.pipeline import Ingestor
     from app.ingest.sources import folder_items
-    from app.api.app import open_store
+    from app.services.storage import open_store
     from app.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _store(settings: Settings) -> VectorStore:
-    from app.services.wiring import open_store
+    from app.services.storage import open_store
 
     return open_store(settings)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from app.ingest.jobs import JobManager
 from app.ingest.pipeline import BatchObserver
@@ -19,38 +17,13 @@ from app.runtime.executor import InferenceRunner
 from app.services.embedding import Embedder
 from app.services.images import ImageService
 from app.services.search import SearchService
+from app.services.storage import open_store
 from app.services.thumbnails import Thumbnails
 from app.settings import Settings
-from index.db import create_db_engine
-from index.errors import DataDirError
 from index.store import VectorStore
 
 # (model, kind, items, seconds) after each forward pass.
 ForwardObserver = Callable[[str, str, int, float], None]
-
-
-def check_data_dir(path: Path) -> None:
-    """Fail at start-up, with the reason, rather than at the first write."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise DataDirError(
-            f"The data dir {path} is not a writable folder ({exc.strerror or exc}); set PE_SEARCH_DATA_DIR."
-        ) from exc
-
-
-def open_store(settings: Settings) -> VectorStore:
-    """The store of the configured database and data dir, migrated (unless read-only) and loaded."""
-    check_data_dir(settings.data_dir)
-    return VectorStore(
-        engine=create_db_engine(settings.db_url),
-        index_dir=settings.index_dir,
-        memory_budget=settings.index_memory_budget,
-        index_mmap=settings.index_mmap,
-        read_only=settings.read_only,
-    ).open()
 
 
 @dataclass(frozen=True)
