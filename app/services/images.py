@@ -10,6 +10,7 @@ from typing import Any
 from app.errors import NotFoundError
 from app.media.decode import decode_image, image_format
 from app.media.fetch import is_http_url
+from app.media.image_ref import ImageRef
 from app.media.uploads import UPLOAD_SCHEME, UploadFiles
 from app.runtime.executor import run_blocking
 from app.services.embedding import Embedder
@@ -56,6 +57,10 @@ class ImageService:
         )
         [(image_id, created)] = await run_blocking(self.store.add_images, info.id, [row])
         return Added(image_id, created, collection)
+
+    async def read(self, ref: ImageRef) -> bytes:
+        """The bytes of an image object sent to be stored (fetched, for a URL, under the URL policy)."""
+        return await self.embedder.image_bytes(ref)
 
     def file_location(self, image: ImageRecord) -> Path | str:
         return locate_image_file(image, self.store, self.uploads)

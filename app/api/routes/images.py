@@ -88,7 +88,7 @@ async def add_image(request: Request, images: ImagesDep, metrics: MetricsDep) ->
         body, data = await _from_form(request)
     elif content_type.startswith("application/json"):
         body = _validated(AddImageRequest, await request.body())
-        data = await images.embedder.image_bytes(body.image.to_ref())
+        data = await images.read(body.image.to_ref())
     else:
         raise UnsupportedMediaError("Send the image as multipart/form-data (a `file` part) or as application/json.")
     added = await images.add_upload(
