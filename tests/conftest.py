@@ -1,4 +1,7 @@
-"""Session fixtures: the real PE-Core architecture (smallest variant, random weights), built once."""
+"""Session fixtures: the real PE-Core architecture (smallest variant, random weights), built once.
+
+Fixtures only; the helpers and constants they use are in tests/support/.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +10,35 @@ import os
 # Nothing in the suite may reach the model hub; fail fast instead of waiting on the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
-from app.model.encoder import PEEncoder
 from app.api.app import create_app
+from app.model.encoder import PEEncoder
 from app.settings import Settings
+from tests.support import pg
+from tests.support.constants import (
+    OTHER_READ_KEY,
+    READ_KEY,
+    TEST_MAX_BATCH,
+    TEST_MAX_BODY,
+    TEST_MAX_IMAGE_BYTES,
+    TEST_MAX_PIXELS,
+    TEST_MAX_TEXT,
+    TEST_MODEL,
+    WRITE_KEY,
+)
 
-# `postgres_server` (one real PostgreSQL for the session), `postgres_url` (a fresh database per test)
-# and `db_url` (a test run once on SQLite, once on PostgreSQL).
-pytest_plugins = ["tests.pg"]
 
-TEST_MODEL = "PE-Core-T16-384"
-TEST_MAX_BATCH = 16
-TEST_MAX_BODY = 4 * 1024 * 1024
-TEST_MAX_IMAGE_BYTES = 2 * 1024 * 1024
-TEST_MAX_PIXELS = 4_000_000
-TEST_MAX_TEXT = 2_000
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`postgres` on every test that needs the real PostgreSQL server (`db_url` marks its own parameter)."""
+    for item in items:
+        if "postgres_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +65,55 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def client(settings: Settings) -> TestClient:
     app = create_app(settings)
     with TestClient(app) as test_client:
-        app.state.registry.get()  # blocks until the start-up load has finished
+        app.state.services.registry.get()  # blocks until the start-up load has finished
         yield test_client
 
 
 @pytest.fixture(scope="session")
 def encoder(client: TestClient) -> PEEncoder:
-    return client.app.state.registry.get()
+    return client.app.state.services.registry.get()
+
+
+@pytest.fixture(scope="session")
+def keyed_client(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    """The test app with API keys: WRITE_KEY may write, READ_KEY and OTHER_READ_KEY only read."""
+    locked = settings.model_copy(
+        update={
+            "api_keys": (WRITE_KEY,),
+            "read_api_keys": (READ_KEY, OTHER_READ_KEY),
+            "data_dir": tmp_path_factory.mktemp("secured"),
+        }
+    )
+    app = create_app(locked)
+    with TestClient(app) as test_client:
+        app.state.services.registry.get()
+        yield test_client
+
+
+# --- PostgreSQL (tests/support/pg.py) ---
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[pg.PostgresServer]:
+    """One real PostgreSQL server on loopback for the session."""
+    server = pg.new_server()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server: pg.PostgresServer) -> Iterator[str]:
+    """A new, empty database for one test."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend: a test using it runs once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    return request.getfixturevalue("postgres_url")

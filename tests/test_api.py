@@ -7,8 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.model.encoder import PEEncoder
-from tests.conftest import TEST_MAX_BATCH
-from tests.images import b64, encode, image_object, photo
+from app.model.precision import cpu_has_native_bf16
+from tests.support.constants import READ_KEY, TEST_MAX_BATCH
+from tests.support.images import b64, encode, image_object, photo
 
 EMBED_IMAGE = "/perception_encoder/embed_image"
 EMBED_TEXT = "/perception_encoder/embed_text"
@@ -71,15 +72,39 @@ def test_roboflow_request_fields_and_unknown_fields_are_accepted(client: TestCli
     assert len(post(client, EMBED_TEXT, body)["embeddings"][0]) == 512
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"params": {"api_key": "k", "countinference": "false", "service_secret": "s"}},
-        {"headers": {"Authorization": "Bearer k"}},
-    ],
-)
-def test_api_key_in_query_or_header_is_accepted(client: TestClient, kwargs: dict) -> None:
-    assert post(client, EMBED_TEXT, {"text": "a cat"}, **kwargs)["embeddings"]
+# One request per Roboflow route, and the result field each answers with.
+ROBOFLOW_REQUESTS = {
+    EMBED_IMAGE: ({"image": image_object(PNG)}, "embeddings"),
+    EMBED_TEXT: ({"text": "a cat"}, "embeddings"),
+    COMPARE: ({"subject": "a cat", "subject_type": "text", "prompt": ["a dog"]}, "similarity"),
+}
+
+
+def send_with_key(client: TestClient, route: str, place: str, key: str | None):
+    """The route's request with the key where a Roboflow client puts it: query, Bearer header or body."""
+    body, kwargs = dict(ROBOFLOW_REQUESTS[route][0]), {}
+    if key is not None and place == "query":
+        kwargs["params"] = {"api_key": key, "countinference": "false", "service_secret": "s"}
+    elif key is not None and place == "bearer":
+        kwargs["headers"] = {"Authorization": f"Bearer {key}"}
+    elif key is not None:
+        body["api_key"] = key
+    return client.post(route, json=body, **kwargs)
+
+
+@pytest.mark.parametrize("place", ["query", "bearer", "body"])
+@pytest.mark.parametrize("route", list(ROBOFLOW_REQUESTS), ids=lambda route: route.rsplit("/", 1)[1])
+def test_api_key_in_query_header_or_body_is_accepted_and_a_wrong_or_missing_one_is_401(
+    keyed_client: TestClient, route: str, place: str
+) -> None:
+    accepted = send_with_key(keyed_client, route, place, READ_KEY)
+    assert accepted.status_code == 200, accepted.text
+    assert len(accepted.json()[ROBOFLOW_REQUESTS[route][1]]) == 1
+    wrong = send_with_key(keyed_client, route, place, "not-a-key")
+    missing = send_with_key(keyed_client, route, place, None)
+    for refused in (wrong, missing):
+        assert refused.status_code == 401, refused.text[:200]
+        assert "API key" in refused.json()["message"] and refused.headers["www-authenticate"] == "Bearer"
 
 
 def _cosine(a, b) -> float:
@@ -97,7 +122,10 @@ def test_compare_single_list_and_dict(client: TestClient) -> None:
     assert single["similarity"] == [pytest.approx(_cosine(image_vec, cat), abs=1e-5)]
 
     listed = post(client, COMPARE, {"subject": subject, "prompt": ["a dog", "a cat"]})["similarity"]
-    assert listed == [pytest.approx(_cosine(image_vec, dog), abs=1e-5), pytest.approx(_cosine(image_vec, cat), abs=1e-5)]
+    assert listed == [
+        pytest.approx(_cosine(image_vec, dog), abs=1e-5),
+        pytest.approx(_cosine(image_vec, cat), abs=1e-5),
+    ]
 
     keyed = post(client, COMPARE, {"subject": subject, "prompt": {"dog": "a dog", "cat": "a cat"}})["similarity"]
     assert list(keyed) == ["dog", "cat"]
@@ -130,8 +158,21 @@ def test_compare_text_subject(client: TestClient) -> None:
 
 
 def test_compare_scores_are_plain_cosine_not_softmax(client: TestClient) -> None:
-    scores = post(client, COMPARE, {"subject": image_object(JPEG), "prompt": ["a", "b", "c"]})["similarity"]
-    assert abs(sum(scores) - 1.0) > 1e-3 or any(s < 0 for s in scores)
+    """The spec: cosines of the L2-normalised embeddings, in [-1, 1]; no logit scale, no softmax."""
+    texts = ["a", "b", "c"]
+    image_vec = np.array(post(client, EMBED_IMAGE, {"image": image_object(JPEG)})["embeddings"][0])
+    text_vecs = np.array(post(client, EMBED_TEXT, {"text": texts})["embeddings"])
+    png_vec = np.array(post(client, EMBED_IMAGE, {"image": image_object(PNG)})["embeddings"][0])
+
+    by_text = post(client, COMPARE, {"subject": image_object(JPEG), "prompt": texts})["similarity"]
+    assert all(-1.0 <= s <= 1.0 for s in by_text)
+    np.testing.assert_allclose(by_text, text_vecs @ image_vec, atol=1e-5)
+
+    image_prompts = [image_object(JPEG), image_object(PNG)]
+    body = {"subject": "a", "subject_type": "text", "prompt": image_prompts, "prompt_type": "image"}
+    by_image = post(client, COMPARE, body)["similarity"]
+    assert all(-1.0 <= s <= 1.0 for s in by_image)
+    np.testing.assert_allclose(by_image, [text_vecs[0] @ image_vec, text_vecs[0] @ png_vec], atol=1e-5)
 
 
 def test_classify_gives_sorted_probabilities(client: TestClient) -> None:
@@ -253,11 +294,14 @@ def test_unexpected_failure_is_500_without_details(client: TestClient, encoder: 
 
 
 def test_health_and_ready_report_model(client: TestClient) -> None:
+    # `auto` takes bf16 for the image tower on a CPU with native bf16 (its guard holds on these weights).
+    image_precision = "bf16" if cpu_has_native_bf16() else "fp32"
     for route in ("/health", "/ready"):
         body = client.get(route).json()
         assert body["ready"] is True and body["random_weights"] is True
         assert body["models"][0] == {
-            "model": "PE-Core-T16-384", "dim": 512, "device": "cpu", "image_precision": "fp32", "text_precision": "fp32",
+            "model": "PE-Core-T16-384", "dim": 512, "device": "cpu",
+            "image_precision": image_precision, "text_precision": "fp32",
             "weights": "random", "random_weights": True,
         }
     assert client.get("/ready").status_code == 200

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
-from app.runtime.batcher import MicroBatcher
-from app.services.embedding import TextCache
 from app.model.encoder import PEEncoder
+from app.runtime.batcher import MicroBatcher
 from app.runtime.executor import InferenceRunner
+from app.services.embedding import TextCache
 
 
 def test_concurrent_requests_merge_into_fewer_passes(encoder: PEEncoder, monkeypatch) -> None:

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.images import encode, image_object, photo
-from tests.test_server import _launch, _wait_ready
+from tests.support.images import encode, image_object, photo
+from tests.support.server import launch, wait_ready
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# A real server process too, so slow as well as browser.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 if CHROMIUM is None:
     if os.environ.get("PE_SEARCH_REQUIRE_BROWSER"):
         raise RuntimeError("PE_SEARCH_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
@@ -35,15 +37,18 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields (url, {id: file path})
     workdir = tmp_path_factory.mktemp("browser")
-    server = _launch(workdir, "PE-Core-T16-384")
+    server = launch(workdir, "PE-Core-T16-384")
     try:
-        problem = _wait_ready(server, 240)
+        problem = wait_ready(server, 240)
         assert problem is None, f"{problem}\n{server.log_tail()}"
         files = {}
         for seed in range(10):
             path = workdir / f"holiday-{seed}.jpg"
             path.write_bytes(encode(photo(480, 360, seed=3000 + seed), "JPEG"))
-            body = {"image": image_object(path.read_bytes()), "metadata": {"trip": "coast" if seed % 2 else "alps", "n": seed}}
+            body = {
+                "image": image_object(path.read_bytes()),
+                "metadata": {"trip": "coast" if seed % 2 else "alps", "n": seed},
+            }
             files[requests.post(f"{server.url}/images", json=body, timeout=60).json()["id"]] = path
         requests.post(f"{server.url}/collections", json={"name": "empty"}, timeout=30)
         yield server.url, files
@@ -62,7 +67,9 @@ def page(site):  # noqa: ANN001, ANN201
 
 
 def loaded_images(page) -> int:  # noqa: ANN001
-    return page.evaluate("[...document.querySelectorAll('#results img')].filter(i => i.complete && i.naturalWidth > 0).length")
+    return page.evaluate(
+        "[...document.querySelectorAll('#results img')].filter(i => i.complete && i.naturalWidth > 0).length"
+    )
 
 
 def test_type_a_query_and_results_load(page, site) -> None:  # noqa: ANN001
@@ -74,7 +81,9 @@ def test_type_a_query_and_results_load(page, site) -> None:  # noqa: ANN001
     page.keyboard.type("a photo of a mountain lake")
     page.keyboard.press("Enter")
     expect(page.locator("#results li")).to_have_count(10)
-    page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert loaded_images(page) == 10
     assert re.search(r"\?q=a\+photo\+of\+a\+mountain\+lake$", page.url)
     expect(page.locator("#status")).to_contain_text("10 results")

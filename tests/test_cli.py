@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.model.encoder import PEEncoder
 from app.media.decode import decode_image
-from tests.images import encode, photo
+from app.model.encoder import PEEncoder
+from tests.support.images import encode, photo
 
 MODEL_ARGS = ["--model", "PE-Core-T16-384", "--weights", "random", "--device", "cpu"]
 
@@ -37,6 +37,7 @@ def test_models_lists_variants_dims_and_cache(capsys, tmp_path, monkeypatch) -> 
     assert code == 0 and "PE-Core-G14-448" in out and "(default)" in out
 
 
+@pytest.mark.slow
 def test_embed_text_and_image_print_json(capsys, tmp_path: Path, encoder: PEEncoder) -> None:
     code, out, _ = run(capsys, "embed-text", *MODEL_ARGS, "a cat", "a dog")
     result = json.loads(out)
@@ -63,8 +64,9 @@ def test_unknown_model_is_a_one_line_error(capsys) -> None:
     assert code == 2 and "unknown model" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_index_commands_end_to_end(capsys, tmp_path: Path, monkeypatch) -> None:
-    from tests.test_ingest import make_folder
+    from tests.support.ingest import make_folder
 
     monkeypatch.setenv("PE_SEARCH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("PE_SEARCH_WEIGHTS", "random")

@@ -24,23 +24,25 @@ from app.client import (
     PESearchClient,
     SearchHit,
 )
-from tests.images import encode, photo
-from tests.test_ingest import make_folder
-from tests.test_server import READY_DEADLINE, T16, T16_DIM, Server, _launch, _wait_ready, _wanted
+from tests.support.images import encode, photo
+from tests.support.ingest import make_folder
+from tests.support.server import READY_DEADLINE, T16, T16_DIM, Server, launch, wait_ready, wanted
 
 API_KEY = "k1"
+# Every test here drives real uvicorn processes.
+pytestmark = pytest.mark.slow
 
 
 def _ready_or_fail(server: Server, workdir: Path, extra_env: dict[str, str]) -> Server:
     """Wait for /ready; relaunch (up to twice) if the port found free was taken before uvicorn bound it."""
     for _attempt in range(3):
-        problem = _wait_ready(server, READY_DEADLINE)
+        problem = wait_ready(server, READY_DEADLINE)
         if problem is None:
             return server
         server.stop()
         if "address already in use" not in server.log_tail().lower():
             break
-        server = _launch(workdir, T16, extra_env)
+        server = launch(workdir, T16, extra_env)
     server.stop()  # also a relaunch never waited for
     log = server.log_tail()
     pytest.fail(f"pe-search server did not start: {problem}\n--- server log ---\n{log}", pytrace=False)
@@ -71,8 +73,8 @@ def _servers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         "server": {"PE_SEARCH_INGEST_ROOTS": str(ingest_root)},
         "keyed_server": {"PE_SEARCH_API_KEYS": API_KEY},
     }
-    workdirs = {name: tmp_path_factory.mktemp(name) for name in envs if _wanted(request, name)}
-    launched = {name: _launch(workdir, T16, envs[name]) for name, workdir in workdirs.items()}
+    workdirs = {name: tmp_path_factory.mktemp(name) for name in envs if wanted(request, name)}
+    launched = {name: launch(workdir, T16, envs[name]) for name, workdir in workdirs.items()}
     try:
         for name in launched:
             launched[name] = _ready_or_fail(launched[name], workdirs[name], envs[name])

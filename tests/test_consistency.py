@@ -8,14 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from index.ann import checkpoint as ckpt
 from index.filters import SearchFilter
-from tests.images import encode, image_object, photo
-from tests.test_store import DIM, MODEL, add, clustered, open_store
+from tests.support.images import encode, image_object, photo
+from tests.support.store import DIM, MODEL, add, clustered, open_store
 
 
 def test_a_reader_catching_up_with_a_writer_never_duplicates_ids(tmp_path: Path, db_url: str) -> None:
@@ -81,7 +80,7 @@ def test_an_interrupted_checkpoint_leaves_the_previous_one_whole(tmp_path: Path)
 
 def test_changed_file_replaces_its_old_image(tmp_path: Path, encoder) -> None:  # noqa: ANN001
     from app.ingest.sources import folder_items
-    from tests.test_ingest import ingestor, make_folder
+    from tests.support.ingest import ingestor, make_folder
 
     store = open_store(tmp_path / "store")
     paths = make_folder(tmp_path / "photos", count=3)
@@ -123,7 +122,9 @@ def test_racing_uploads_of_the_same_bytes(client: TestClient) -> None:
 
 
 def test_concurrent_patches_lose_no_keys(client: TestClient) -> None:
-    image_id = client.post("/images", json={"image": image_object(encode(photo(60, 60, seed=4343), "PNG")), "collection": "patches"}).json()["id"]
+    image_id = client.post(
+        "/images", json={"image": image_object(encode(photo(60, 60, seed=4343), "PNG")), "collection": "patches"}
+    ).json()["id"]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: client.patch(f"/images/{image_id}", json={"metadata": {f"k{i}": i}}), range(24)))
     assert client.get(f"/images/{image_id}").json()["metadata"] == {f"k{i}": i for i in range(24)}

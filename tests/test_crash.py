@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from index.db import create_db_engine
 from index.store import VectorStore
-from tests.images import encode, photo
+from tests.support.images import encode, photo
 
 COUNT = 40
 BATCH = 4
+# Real processes killed mid-run, and runs again.
+pytestmark = pytest.mark.slow
 
 
 def cli_env(data_dir: Path) -> dict[str, str]:
@@ -49,7 +52,19 @@ def test_sigkill_mid_ingest_loses_nothing_committed(tmp_path: Path) -> None:
     for i in range(COUNT):
         (folder / f"p{i:03}.jpg").write_bytes(encode(photo(160, 120, seed=2000 + i), "JPEG"))
     data_dir = tmp_path / "data"
-    command = [sys.executable, "-m", "app.cli", "ingest", str(folder), "--collection", "crash", "--batch-size", str(BATCH), "--quiet", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "ingest",
+        str(folder),
+        "--collection",
+        "crash",
+        "--batch-size",
+        str(BATCH),
+        "--quiet",
+        "--json",
+    ]
     process = subprocess.Popen(command, env=cli_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     db = data_dir / "pe-search.db"
     deadline = time.monotonic() + 180
@@ -86,7 +101,7 @@ def test_sigkill_during_index_checkpoints_never_corrupts(tmp_path: Path) -> None
     different moments: each time the store opens consistent, every committed row indexed."""
     for round_number, lines_before_kill in enumerate((3, 6, 10)):
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.checkpoint_loop", str(tmp_path)],
+            [sys.executable, "-m", "tests.support.checkpoint_loop", str(tmp_path)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(lines_before_kill):
@@ -96,7 +111,9 @@ def test_sigkill_during_index_checkpoints_never_corrupts(tmp_path: Path) -> None
         time.sleep(0.01 * (round_number + 1))
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        store = VectorStore(engine=create_db_engine(f"sqlite:///{tmp_path / 'meta.db'}"), index_dir=tmp_path / "indexes").open()
+        store = VectorStore(
+            engine=create_db_engine(f"sqlite:///{tmp_path / 'meta.db'}"), index_dir=tmp_path / "indexes"
+        ).open()
         info = store.collection("loop")
         assert info.indexed == info.count > 0
         _, vector = store.vector(info.count)  # the newest committed row

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from app.model.encoder import PEEncoder
-from tests.conftest import TEST_MODEL
-from tests.images import photo
+from app.model.precision import cpu_has_native_bf16
+from tests.support.constants import TEST_MODEL
+from tests.support.images import photo
 
 TEXTS = ["a photo of a cat", "a dog on a beach", "", "A PHOTO OF A CAT", "x" * 500]
 
@@ -62,7 +63,8 @@ def test_empty_input_gives_empty_matrix(encoder: PEEncoder) -> None:
 def test_info_reports_model_device_precision_and_random_weights(encoder: PEEncoder) -> None:
     info = encoder.info
     assert (info.model, info.dim, info.device) == (TEST_MODEL, 512, "cpu")
-    assert (info.image_precision, info.text_precision) == ("fp32", "fp32")
+    # `auto` takes bf16 for the image tower on a CPU with native bf16 (its guard holds on these weights).
+    assert (info.image_precision, info.text_precision) == ("bf16" if cpu_has_native_bf16() else "fp32", "fp32")
     assert info.weights == "random" and info.random_weights
 
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.errors import ImageLoadError
 from app.media.fetch import UrlFetcher, UrlPolicy, check_url, is_public_address
-from tests.images import encode, photo
+from tests.support.images import encode, photo
 
 JPEG = encode(photo(64, 48, seed=3), "JPEG")
 OPEN = UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_private_hosts=True, read_timeout=2.0)
@@ -128,7 +128,18 @@ def test_check_url_refusals(url: str, addresses: list[str] | None, reason: str) 
 
 
 def test_check_url_accepts_public_https() -> None:
-    check_url("https://public.example/a.jpg", UrlPolicy(), resolver_for({"public.example": ["93.184.216.34"]}))
+    """Accepted under the default policy because its host was resolved and every address is public."""
+    lookups: list[tuple[str, int]] = []
+    public = resolver_for({"public.example": ["93.184.216.34", "2606:4700:4700::1111"]})
+
+    def resolve(host: str, port: int) -> list[str]:
+        lookups.append((host, port))
+        return public(host, port)
+
+    check_url("https://public.example/a.jpg", UrlPolicy(), resolve)  # accepted: no ImageLoadError
+    check_url("https://public.example:8443/b.jpg?size=2", UrlPolicy(), resolve)
+    # Accepted on what DNS said for the URL's own host and port, not waved through unchecked.
+    assert lookups == [("public.example", 443), ("public.example", 8443)]
 
 
 def test_url_input_can_be_switched_off() -> None:
@@ -183,25 +194,35 @@ def test_a_dripping_server_cannot_hold_a_fetch_past_its_deadline(server: str) ->
     assert time.monotonic() - started < 3.0
 
 
-@pytest.mark.parametrize("url", ["https://[::1", "https://h:99999/a.jpg", "https://a..b/a.jpg", f"https://{'x' * 70}.example/a.jpg"])
+@pytest.mark.parametrize(
+    "url", ["https://[::1", "https://h:99999/a.jpg", "https://a..b/a.jpg", f"https://{'x' * 70}.example/a.jpg"]
+)
 def test_malformed_urls_are_refused_cleanly(url: str) -> None:
     with pytest.raises(ImageLoadError):
         check_url(url, UrlPolicy(), resolver_for({}))
 
 
 def test_embed_image_from_url_matches_base64(client: TestClient, server: str) -> None:
-    from tests.images import image_object
+    from tests.support.images import image_object
 
-    by_url = client.post("/perception_encoder/embed_image", json={"image": {"type": "url", "value": f"{server}/cat.jpg"}})
+    by_url = client.post(
+        "/perception_encoder/embed_image", json={"image": {"type": "url", "value": f"{server}/cat.jpg"}}
+    )
     by_b64 = client.post("/perception_encoder/embed_image", json={"image": image_object(JPEG)})
     assert by_url.status_code == 200, by_url.text
     assert by_url.json()["embeddings"] == by_b64.json()["embeddings"]
     bare = client.post(
         "/perception_encoder/compare",
-        json={"subject": f"{server}/cat.jpg", "prompt": {"type": "base64", "value": image_object(JPEG)["value"]}, "prompt_type": "image"},
+        json={
+            "subject": f"{server}/cat.jpg",
+            "prompt": {"type": "base64", "value": image_object(JPEG)["value"]},
+            "prompt_type": "image",
+        },
     )
     assert bare.json()["similarity"] == [pytest.approx(1.0, abs=1e-5)]
-    missing = client.post("/perception_encoder/embed_image", json={"image": {"type": "url", "value": f"{server}/nope.jpg"}})
+    missing = client.post(
+        "/perception_encoder/embed_image", json={"image": {"type": "url", "value": f"{server}/nope.jpg"}}
+    )
     assert missing.status_code == 400 and "HTTP 404" in missing.json()["message"]
 
 

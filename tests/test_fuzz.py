@@ -13,14 +13,13 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from app.errors import ImageLoadError
 from app.api.app import create_app
-from app.settings import Settings
-from app.media.decode import decode_image
+from app.errors import ImageLoadError
 from app.ingest.sources import Rejected, SourceError, SourceItem, manifest_items
-from tests.images import encode, photo
-from tests.test_server import _launch, _wait_ready
-
+from app.media.decode import decode_image
+from app.settings import Settings
+from tests.support.images import encode, photo
+from tests.support.server import launch, wait_ready
 
 # schemathesis collects operations when this module is imported: the schema comes from an app
 # built only for that (no lifespan runs), and the cases go to a real uvicorn process.
@@ -31,15 +30,16 @@ FUZZ_ENV = {"PE_SEARCH_URL_INPUT_ENABLED": "false", "PE_SEARCH_MAX_BATCH": "8"}
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - yields a running Server
-    server = _launch(tmp_path_factory.mktemp("fuzz"), "PE-Core-T16-384", FUZZ_ENV)
+    server = launch(tmp_path_factory.mktemp("fuzz"), "PE-Core-T16-384", FUZZ_ENV)
     try:
-        problem = _wait_ready(server, 240)
+        problem = wait_ready(server, 240)
         assert problem is None, f"{problem}\n{server.log_tail()}"
         yield server
     finally:
         server.stop()
 
 
+@pytest.mark.slow  # a real uvicorn process, and 25 generated cases per operation
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors_and_responses_match_the_schema(case, fuzz_server) -> None:  # noqa: ANN001
@@ -50,10 +50,16 @@ def test_no_server_errors_and_responses_match_the_schema(case, fuzz_server) -> N
     )
 
 
-SEED_IMAGES = [encode(photo(40, 30, seed=s), fmt) for s, fmt in enumerate(["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])]
+SEED_IMAGES = [
+    encode(photo(40, 30, seed=s), fmt) for s, fmt in enumerate(["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
+]
 
 
-@given(seed=st.sampled_from(SEED_IMAGES), cut=st.integers(0, 4000), flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8))
+@given(
+    seed=st.sampled_from(SEED_IMAGES),
+    cut=st.integers(0, 4000),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=8),
+)
 @settings(max_examples=300, deadline=None, derandomize=True)
 def test_damaged_images_decode_or_fail_cleanly(seed: bytes, cut: int, flips: list[tuple[int, int]]) -> None:
     data = bytearray(seed[: max(cut, 1)] if cut < len(seed) else seed)

@@ -7,14 +7,20 @@ import logging
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from fastapi.testclient import TestClient
+from PIL import Image
 
-from app.api.auth import KeyRing
-from app.api.app import create_app
+from app.api.keys import KeyRing
 from app.settings import Settings
-from tests.conftest import TEST_MAX_BODY, TEST_MAX_IMAGE_BYTES, TEST_MAX_TEXT
-from tests.images import b64, encode, image_object, photo
+from tests.support.constants import (
+    OTHER_READ_KEY,
+    READ_KEY,
+    TEST_MAX_BODY,
+    TEST_MAX_IMAGE_BYTES,
+    TEST_MAX_TEXT,
+    WRITE_KEY,
+)
+from tests.support.images import b64, encode, image_object, photo
 
 EMBED_TEXT = "/perception_encoder/embed_text"
 EMBED_IMAGE = "/perception_encoder/embed_image"
@@ -44,7 +50,10 @@ def test_text_limit(client: TestClient) -> None:
     assert client.post(EMBED_TEXT, json={"text": "word " * (TEST_MAX_TEXT // 5)}).status_code == 200
     response = client.post(EMBED_TEXT, json={"text": ["ok", "y" * (TEST_MAX_TEXT + 1)]})
     assert response.status_code == 413 and "Text 1 has" in response.json()["message"]
-    compare = client.post("/perception_encoder/compare", json={"subject": "a", "subject_type": "text", "prompt": "z" * (TEST_MAX_TEXT + 1)})
+    compare = client.post(
+        "/perception_encoder/compare",
+        json={"subject": "a", "subject_type": "text", "prompt": "z" * (TEST_MAX_TEXT + 1)},
+    )
     assert compare.status_code == 413
 
 
@@ -75,32 +84,31 @@ def test_non_finite_numbers_are_422(client: TestClient, route: str, raw: str) ->
 
 def test_request_id_is_echoed_and_logs_hold_no_keys(client: TestClient, caplog) -> None:
     caplog.set_level(logging.INFO, logger="app.access")
-    response = client.post(f"{EMBED_TEXT}?api_key=sk-very-secret", json={"text": "a private sentence"}, headers={"X-Request-ID": "trace-123"})
+    response = client.post(
+        f"{EMBED_TEXT}?api_key=sk-very-secret",
+        json={"text": "a private sentence"},
+        headers={"X-Request-ID": "trace-123"},
+    )
     assert response.headers["x-request-id"] == "trace-123"
     generated = client.get("/health").headers["x-request-id"]
     assert len(generated) == 32
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "app.access"]
     traced = [line for line in lines if line["request_id"] == "trace-123"]
     assert len(traced) == 1
-    assert {k: traced[0][k] for k in ("method", "path", "status")} == {"method": "POST", "path": EMBED_TEXT, "status": 200}
+    assert {k: traced[0][k] for k in ("method", "path", "status")} == {
+        "method": "POST",
+        "path": EMBED_TEXT,
+        "status": 200,
+    }
     assert "sk-very-secret" not in caplog.text and "private sentence" not in caplog.text
 
 
 # --- API keys ---
 
-@pytest.fixture(scope="module")
-def secured(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
-    locked = settings.model_copy(update={"api_keys": "write-key", "read_api_keys": "read-key,other-read", "data_dir": tmp_path_factory.mktemp("secured")})
-    app = create_app(locked)
-    with TestClient(app) as test_client:
-        app.state.registry.get()
-        yield test_client
-
-
-def test_health_and_docs_need_no_key(secured: TestClient) -> None:
-    assert secured.get("/health").status_code == 200
-    assert secured.get("/ready").status_code == 200
-    assert secured.get("/openapi.json").status_code == 200
+def test_health_and_docs_need_no_key(keyed_client: TestClient) -> None:
+    assert keyed_client.get("/health").status_code == 200
+    assert keyed_client.get("/ready").status_code == 200
+    assert keyed_client.get("/openapi.json").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -108,43 +116,45 @@ def test_health_and_docs_need_no_key(secured: TestClient) -> None:
     [
         ({}, 401),
         ({"params": {"api_key": "wrong"}}, 401),
-        ({"params": {"api_key": "read-key"}}, 200),
-        ({"headers": {"Authorization": "Bearer other-read"}}, 200),
-        ({"body_key": "write-key"}, 200),
+        ({"params": {"api_key": READ_KEY}}, 200),
+        ({"headers": {"Authorization": f"Bearer {OTHER_READ_KEY}"}}, 200),
+        ({"body_key": WRITE_KEY}, 200),
         ({"body_key": "nope"}, 401),
         # The query parameter wins over the header, as in Roboflow's server.
-        ({"params": {"api_key": "wrong"}, "headers": {"Authorization": "Bearer read-key"}}, 401),
+        ({"params": {"api_key": "wrong"}, "headers": {"Authorization": f"Bearer {READ_KEY}"}}, 401),
     ],
 )
-def test_keys_from_query_header_or_body(secured: TestClient, kwargs: dict, status: int) -> None:
+def test_keys_from_query_header_or_body(keyed_client: TestClient, kwargs: dict, status: int) -> None:
     body = {"text": "a cat"}
     if "body_key" in kwargs:
         body["api_key"] = kwargs.pop("body_key")
-    response = secured.post(EMBED_TEXT, json=body, **kwargs)
+    response = keyed_client.post(EMBED_TEXT, json=body, **kwargs)
     assert response.status_code == status, response.text
     if status == 401:
         assert "API key" in response.json()["message"] and response.headers["www-authenticate"] == "Bearer"
 
 
-def test_read_keys_cannot_write(secured: TestClient) -> None:
+def test_read_keys_cannot_write(keyed_client: TestClient) -> None:
     image = image_object(encode(photo(64, 64), "PNG"))
-    refused = secured.post("/images", json={"image": image}, params={"api_key": "read-key"})
+    refused = keyed_client.post("/images", json={"image": image}, params={"api_key": READ_KEY})
     assert refused.status_code == 403 and "read-only" in refused.json()["message"]
-    added = secured.post("/images", json={"image": image}, params={"api_key": "write-key"})
+    added = keyed_client.post("/images", json={"image": image}, params={"api_key": WRITE_KEY})
     assert added.status_code == 200
     image_id = added.json()["id"]
-    assert secured.get(f"/images/{image_id}", params={"api_key": "read-key"}).status_code == 200
-    assert secured.get(f"/images/{image_id}").status_code == 401
-    assert secured.delete(f"/images/{image_id}", params={"api_key": "read-key"}).status_code == 403
-    assert secured.post("/search", json={"image_id": image_id}, headers={"Authorization": "Bearer read-key"}).status_code == 200
-    assert secured.delete(f"/images/{image_id}", params={"api_key": "write-key"}).status_code == 204
+    assert keyed_client.get(f"/images/{image_id}", params={"api_key": READ_KEY}).status_code == 200
+    assert keyed_client.get(f"/images/{image_id}").status_code == 401
+    assert keyed_client.delete(f"/images/{image_id}", params={"api_key": READ_KEY}).status_code == 403
+    bearer = {"Authorization": f"Bearer {READ_KEY}"}
+    assert keyed_client.post("/search", json={"image_id": image_id}, headers=bearer).status_code == 200
+    assert keyed_client.delete(f"/images/{image_id}", params={"api_key": WRITE_KEY}).status_code == 204
 
 
 def test_keys_file(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("# comment\nalpha write\nbeta read\ngamma\n\n")
     ring = KeyRing.from_settings(Settings(api_keys_file=keys))
-    assert (ring.scope_of("alpha"), ring.scope_of("beta"), ring.scope_of("gamma"), ring.scope_of("delta")) == ("write", "read", "write", None)
+    scopes = [ring.scope_of(key) for key in ("alpha", "beta", "gamma", "delta")]
+    assert scopes == ["write", "read", "write", None]
     keys.write_text("alpha admin\n")
     with pytest.raises(ValueError, match="KEY"):
         KeyRing.from_settings(Settings(api_keys_file=keys))

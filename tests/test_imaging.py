@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from app.errors import ImageLoadError
+from app.media.decode import decode_image
 from app.media.fetch import UrlFetcher, UrlPolicy
 from app.media.image_ref import ImageLoader, decode_base64
-from app.media.decode import decode_image
-from tests.images import b64, encode, photo
+from tests.support.images import b64, encode, photo
 
 RED, GREEN, BLUE, GREY = (255, 0, 0), (0, 255, 0), (0, 0, 255), (128, 128, 128)
 

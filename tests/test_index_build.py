@@ -11,12 +11,13 @@ import faiss
 import numpy as np
 import pytest
 
-from index.ann import checkpoint as ckpt
 from index import crud
-from index.ann.build import TRAIN_COPIES, BuildPlan, build_index, index_bytes, plan_build, sample_bounds, training_sample
+from index.ann import checkpoint as ckpt
+from index.ann.build import TRAIN_COPIES, BuildPlan, build_index, index_bytes, plan_build, sample_bounds
+from index.ann.vector_index import IndexSpec, VectorIndex, choose_spec
 from index.db import create_db_engine
 from index.store import VectorStore
-from index.ann.vector_index import IndexSpec, VectorIndex, choose_spec
+from index.vector_rows import training_sample
 
 DIM = 64
 N = 6_000
@@ -48,6 +49,7 @@ def _recall(index: VectorIndex, queries: np.ndarray, truth: np.ndarray) -> float
     return float(np.mean([len(h & set(t.tolist())) / K for h, t in zip(hits, truth)]))
 
 
+@pytest.mark.slow  # an IVF-PQ build of 6,000 vectors, twice
 def test_chunked_build_answers_exactly_like_a_one_pass_build(data) -> None:
     vectors, queries, truth = data
     spec = choose_spec("ivfpq", N, DIM, 1 << 30)
@@ -55,7 +57,13 @@ def test_chunked_build_answers_exactly_like_a_one_pass_build(data) -> None:
     sample = vectors[np.random.default_rng(5).choice(N, plan.sample_rows, replace=False)]
     one_pass = VectorIndex.build(spec, DIM, sample)
     one_pass.add(np.arange(1, N + 1), vectors)
-    chunked = build_index(spec, DIM, plan=BuildPlan(plan.sample_rows, 700, 0, 0, True), chunks=_chunks(vectors, 700), sample=lambda rows: sample[:rows])
+    chunked = build_index(
+        spec,
+        DIM,
+        plan=BuildPlan(plan.sample_rows, 700, 0, 0, True),
+        chunks=_chunks(vectors, 700),
+        sample=lambda rows: sample[:rows],
+    )
     assert chunked.count == one_pass.count == N
     for q in queries:
         assert chunked.search(q, K, nprobe=16)[1].tolist() == one_pass.search(q, K, nprobe=16)[1].tolist()
@@ -77,7 +85,9 @@ def test_training_takes_only_the_planned_sample(data) -> None:
             seen.append(len(part))
             yield ids, part
 
-    small = BuildPlan(sample_rows=sample_bounds(spec)[0], chunk_rows=1000, index_bytes=0, peak_bytes=0, within_budget=True)
+    small = BuildPlan(
+        sample_rows=sample_bounds(spec)[0], chunk_rows=1000, index_bytes=0, peak_bytes=0, within_budget=True
+    )
     original = faiss.IndexIVFPQ.train
     trained_on: list[int] = []
 
@@ -134,12 +144,16 @@ def test_index_bytes_by_kind() -> None:
 
 
 def _store(tmp_path: Path) -> VectorStore:
-    return VectorStore(engine=create_db_engine(f"sqlite:///{tmp_path / 'meta.db'}"), index_dir=tmp_path / "indexes").open()
+    return VectorStore(
+        engine=create_db_engine(f"sqlite:///{tmp_path / 'meta.db'}"), index_dir=tmp_path / "indexes"
+    ).open()
 
 
 def _items(vectors: np.ndarray, tag: str) -> list[crud.NewImage]:
     return [
-        crud.NewImage(sha256=f"{tag}{i:060x}", uri=f"/{tag}/{i}.jpg", width=1, height=1, format="JPEG", byte_size=1, vector=v)
+        crud.NewImage(
+            sha256=f"{tag}{i:060x}", uri=f"/{tag}/{i}.jpg", width=1, height=1, format="JPEG", byte_size=1, vector=v
+        )
         for i, v in enumerate(vectors)
     ]
 
@@ -179,7 +193,9 @@ def test_store_rebuild_of_ivfpq_streams_and_finds_stored_images(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
-def test_mapped_checkpoint_answers_like_a_loaded_one_and_copies_itself_on_write(tmp_path: Path, data, kind: str) -> None:
+def test_mapped_checkpoint_answers_like_a_loaded_one_and_copies_itself_on_write(
+    tmp_path: Path, data, kind: str
+) -> None:
     vectors, queries, _ = data
     spec = choose_spec(kind, N, DIM, 1 << 30)
     index = VectorIndex.build(spec, DIM, vectors[:3000] if kind == "ivfpq" else None)
@@ -209,11 +225,11 @@ def test_store_reopens_mapped_and_replays_rows_added_since(tmp_path: Path) -> No
     store.close()
     writer = _store(tmp_path)  # a second process's view: adds rows after the checkpoint
     reader = _store(tmp_path)
-    assert reader._live[cid].index.is_mapped
+    assert reader.live.get(cid).index.is_mapped
     writer.add_images(cid, _items(later, "l"))
     hits = reader.search(cid, later[7], 1)
     assert hits[0].id == reader.existing_shas(cid, [f"l{7:060x}"])[f"l{7:060x}"]
-    assert reader.collection("c").indexed == 450 and not reader._live[cid].index.is_mapped
+    assert reader.collection("c").indexed == 450 and not reader.live.get(cid).index.is_mapped
     writer.close()
     reader.close()
 

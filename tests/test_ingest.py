@@ -10,36 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.model.encoder import PEEncoder
-from app.media.fetch import UrlFetcher, UrlPolicy
 from app.ingest.pipeline import Ingestor
 from app.ingest.sources import SourceError, folder_items, manifest_items, url_list_items
-from index.db import create_db_engine
+from app.media.fetch import UrlFetcher, UrlPolicy
+from app.model.encoder import PEEncoder
 from index.errors import ModelMismatchError
 from index.filters import SearchFilter
 from index.store import VectorStore
-from tests.images import encode, photo
-
-FORMATS = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tiff")]
-
-
-def make_folder(root: Path, count: int = 12) -> list[Path]:
-    paths = []
-    for i in range(count):
-        fmt, ext = FORMATS[i % len(FORMATS)]
-        path = root / ("nested/deeper" if i % 3 == 0 else "") / f"photo{i}.{ext.upper() if i == 5 else ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(photo(200 + 8 * i, 150, seed=100 + i), fmt))
-        paths.append(path)
-    (root / "notes.txt").write_text("not an image, not even tried")
-    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this JPEG stops here")
-    (root / "empty.png").write_bytes(b"")
-    return paths
-
-
-def open_store(root: Path, url: str | None = None) -> VectorStore:
-    url = url or f"sqlite:///{root / 'meta.db'}"
-    return VectorStore(engine=create_db_engine(url), index_dir=root / "indexes").open()
+from tests.support.images import encode, photo
+from tests.support.ingest import ingestor, make_folder
+from tests.support.store import open_store
 
 
 @pytest.fixture()
@@ -49,11 +29,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> VectorStore:
     opened = open_store(tmp_path / "store", url)
     yield opened
     opened.engine.dispose()
-
-
-def ingestor(store: VectorStore, encoder: PEEncoder, batch_size: int = 4) -> Ingestor:
-    policy = UrlPolicy(allow_http=True, allow_ip_hosts=True, allow_private_hosts=True)
-    return Ingestor(store=store, encoder=encoder, fetcher=UrlFetcher(policy), batch_size=batch_size, workers=2)
 
 
 def test_folder_of_mixed_formats_with_bad_files(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
@@ -75,7 +50,9 @@ def test_folder_of_mixed_formats_with_bad_files(tmp_path: Path, store: VectorSto
         assert store.image(top.id).uri == str(path.resolve()) and top.score == pytest.approx(1.0, abs=1e-4)
 
 
-def test_reingest_adds_nothing_and_skips_reading(tmp_path: Path, store: VectorStore, encoder: PEEncoder, monkeypatch) -> None:
+def test_reingest_adds_nothing_and_skips_reading(
+    tmp_path: Path, store: VectorStore, encoder: PEEncoder, monkeypatch
+) -> None:
     make_folder(tmp_path / "photos")
     ingestor(store, encoder).run(folder_items(tmp_path / "photos"), collection="c")
     reads: list[Path] = []
@@ -127,7 +104,10 @@ def test_symlinks_never_lead_out_of_the_root(tmp_path: Path, store: VectorStore,
 @pytest.mark.usefixtures("db_url")
 def test_manifest_metadata_and_filters(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
     paths = make_folder(tmp_path / "photos", count=6)
-    rows = [{"path": str(p.relative_to(tmp_path)), "label": "cat" if i % 2 else "dog", "rank": i} for i, p in enumerate(paths)]
+    rows = [
+        {"path": str(p.relative_to(tmp_path)), "label": "cat" if i % 2 else "dog", "rank": i}
+        for i, p in enumerate(paths)
+    ]
     (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
     summary = ingestor(store, encoder).run(manifest_items(tmp_path / "manifest.jsonl"), collection="m")
     assert summary.added == 6 and len(summary.failed) == 1 and "not valid JSON" in summary.failed[0][1]
@@ -139,9 +119,15 @@ def test_manifest_metadata_and_filters(tmp_path: Path, store: VectorStore, encod
     query = encoder.embed_texts(["anything"])[0]
     dogs = store.search(info.id, query, 10, SearchFilter(metadata={"label": "dog"}))
     assert len(dogs) == 3 and all(store.image(h.id).meta["label"] == "dog" for h in dogs)
-    assert {store.image(h.id).meta["rank"] for h in store.search(info.id, query, 10, SearchFilter(metadata={"rank": [1, 4]}))} == {1, 4}
+    assert {
+        store.image(h.id).meta["rank"]
+        for h in store.search(info.id, query, 10, SearchFilter(metadata={"rank": [1, 4]}))
+    } == {1, 4}
     csv_info = store.collection("m-csv")
-    assert {store.image(h.id).meta["rank"] for h in store.search(csv_info.id, query, 10, SearchFilter(metadata={"rank": "4"}))} == {"4"}
+    assert {
+        store.image(h.id).meta["rank"]
+        for h in store.search(csv_info.id, query, 10, SearchFilter(metadata={"rank": "4"}))
+    } == {"4"}
 
 
 def test_manifest_without_a_path_column_is_refused(tmp_path: Path) -> None:
@@ -152,8 +138,8 @@ def test_manifest_without_a_path_column_is_refused(tmp_path: Path) -> None:
 
 def test_url_list_from_a_local_server(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
     import threading
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
     from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     make_folder(tmp_path / "web", count=3)
     handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "web"))
@@ -167,7 +153,10 @@ def test_url_list_from_a_local_server(tmp_path: Path, store: VectorStore, encode
         summary = ingestor(store, encoder).run(url_list_items(tmp_path / "urls.txt"), collection="u")
         assert summary.added == len(lines) - 4 and len(summary.failed) == 2
         assert "HTTP 404" in dict(summary.failed)[f"{base}/missing.jpg"]
-        assert ingestor(store, encoder).run(url_list_items(tmp_path / "urls.txt"), collection="u").unchanged == summary.added
+        assert (
+            ingestor(store, encoder).run(url_list_items(tmp_path / "urls.txt"), collection="u").unchanged
+            == summary.added
+        )
     finally:
         httpd.shutdown()
 
@@ -228,6 +217,7 @@ def reembed(store: VectorStore, encoder: PEEncoder, tmp_path: Path):  # noqa: AN
     )
 
 
+@pytest.mark.slow  # other_encoder: a second model, built for these two
 def test_reindex_with_another_model_switches_every_vector(tmp_path, store, encoder, other_encoder) -> None:
     from app.media.decode import decode_image
 
@@ -243,7 +233,10 @@ def test_reindex_with_another_model_switches_every_vector(tmp_path, store, encod
         store.ensure_collection("c", model="PE-Core-T16-384", dim=512)
 
 
-def test_reindex_with_another_model_changes_nothing_if_a_source_is_gone(tmp_path, store, encoder, other_encoder) -> None:
+@pytest.mark.slow  # other_encoder: a second model, built for these two
+def test_reindex_with_another_model_changes_nothing_if_a_source_is_gone(
+    tmp_path, store, encoder, other_encoder
+) -> None:
     paths = make_folder(tmp_path / "photos", count=4)
     ingestor(store, encoder).run(folder_items(tmp_path / "photos"), collection="c")
     before = {i: store.vector(i)[1].copy() for i in store.images(list(range(1, 20)))}
@@ -255,7 +248,9 @@ def test_reindex_with_another_model_changes_nothing_if_a_source_is_gone(tmp_path
         np.testing.assert_array_equal(store.vector(image_id)[1], vector)
 
 
-def test_large_jpegs_ingest_at_reduced_scale_with_their_full_size_recorded(tmp_path: Path, store: VectorStore, encoder: PEEncoder) -> None:
+def test_large_jpegs_ingest_at_reduced_scale_with_their_full_size_recorded(
+    tmp_path: Path, store: VectorStore, encoder: PEEncoder
+) -> None:
     folder = tmp_path / "large"
     folder.mkdir()
     (folder / "big.jpg").write_bytes(encode(photo(1600, 1200, seed=3), "JPEG", quality=92))

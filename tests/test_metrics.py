@@ -11,13 +11,13 @@ import prometheus_client
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.api.auth import KeyRing
 from app.api.app import create_app
+from app.api.keys import KeyRing
 from app.settings import Settings
-from index import store as store_module
-from tests.conftest import TEST_MODEL
-from tests.images import encode, photo
-from tests.test_ingest import make_folder
+from index import live as live_module
+from tests.support.constants import TEST_MODEL
+from tests.support.images import encode, photo
+from tests.support.ingest import make_folder
 
 Families = dict[str, list]
 
@@ -115,7 +115,7 @@ def test_ingest_job_counts_ingested_and_failed(client: TestClient, tmp_path: Pat
     monkeypatch.setattr(client.app.state.settings, "ingest_roots", str(tmp_path))
     started = client.post("/ingest", json={"source": str(tmp_path / "photos"), "collection": collection})
     assert started.status_code == 202, started.text
-    client.app.state.jobs._pool.submit(lambda: None).result()  # the single job thread has finished the job
+    client.app.state.services.jobs._pool.submit(lambda: None).result()  # the single job thread has finished the job
     assert client.get(f"/ingest/{started.json()['id']}").json()["status"] == "done"
     after = scrape(client)
     assert value(after, "pe_search_images_ingested", "pe_search_images_ingested_total", collection=collection) == 4
@@ -132,7 +132,7 @@ def test_checkpoint_age_resets_only_on_a_successful_save(client: TestClient, mon
         data={"collection": collection},
     )
     assert response.status_code == 200, response.text
-    store = client.app.state.store
+    store = client.app.state.services.store
 
     def age() -> float:
         return next(seconds for name, _, seconds in store.index_status() if name == collection)
@@ -143,7 +143,7 @@ def test_checkpoint_age_resets_only_on_a_successful_save(client: TestClient, mon
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(store_module.ckpt, "save", full_disk)
+        patch.setattr(live_module.ckpt, "save", full_disk)
         assert store.checkpoint(collection) is False
     failed = age()
     assert failed >= opened  # a failed save is not a checkpoint
@@ -168,6 +168,9 @@ def test_two_apps_do_not_share_metrics(settings: Settings) -> None:
     sizes = "pe_search_inference_batch_size"
     assert value(scraped_one, sizes, f"{sizes}_count", model=TEST_MODEL, kind="text") == 1
     assert value(scraped_two, sizes, f"{sizes}_count", model=TEST_MODEL, kind="text") == 0
-    assert value(scraped_two, "pe_search_images_ingested", "pe_search_images_ingested_total", collection="shared-name") == 0
+    assert (
+        value(scraped_two, "pe_search_images_ingested", "pe_search_images_ingested_total", collection="shared-name")
+        == 0
+    )
     # Nothing went to the process-wide default registry.
     assert not any(family.name.startswith("pe_search_") for family in prometheus_client.REGISTRY.collect())

@@ -1,6 +1,6 @@
 """What only PostgreSQL can get wrong or do: writers committing out of id order, processes migrating
 at once, the migration commands on a PostgreSQL URL, and several API processes on one database.
-A real PostgreSQL server on loopback (tests/pg.py)."""
+A real PostgreSQL server on loopback (tests/support/pg.py)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,17 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import inspect, text
-
 from fastapi.testclient import TestClient
+from sqlalchemy import inspect, text
 
 from app.api.app import create_app
 from app.settings import Settings
 from index import crud
 from index.db import create_db_engine, current_revision, head_revision
 from index.store import VectorStore
-from tests.images import encode, image_object, photo
-from tests.test_server import READY_DEADLINE, T16, Server, _launch, _wait_ready
-from tests.test_store import DIM, MODEL, add, clustered, items, open_store
+from tests.support.images import encode, image_object, photo
+from tests.support.server import READY_DEADLINE, T16, Server, launch, wait_ready
+from tests.support.store import DIM, MODEL, add, clustered, items, open_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEADLINE_S = 30
@@ -120,7 +119,10 @@ def test_alembic_command_line_takes_the_url_from_settings(postgres_url: str, tmp
     assert current_revision(engine) == head_revision()
     with engine.connect() as connection:
         kind = connection.execute(
-            text("SELECT data_type FROM information_schema.columns WHERE table_name = 'images' AND column_name = 'metadata'")
+            text(
+                "SELECT data_type FROM information_schema.columns"
+                " WHERE table_name = 'images' AND column_name = 'metadata'"
+            )
         ).scalar()
     assert kind == "jsonb"
     engine.dispose()
@@ -143,22 +145,24 @@ def _search(server: Server, data: bytes, top_k: int = 3) -> list[int]:
     return [hit["id"] for hit in response.json()["results"]]
 
 
+@pytest.mark.slow
 def test_one_writer_and_a_read_only_server_share_postgres_and_the_index_dir(postgres_url: str, tmp_path: Path) -> None:
     """Issue #7.4: the writer ingests, another API process serves the same collection without a restart."""
     shared = {"PE_SEARCH_DATABASE_URL": postgres_url}
-    writer = _launch(tmp_path, T16, shared)
+    writer = launch(tmp_path, T16, shared)
     reader = None
     try:
         # The writer migrates while it starts (it answers /health once its store is open); a reader never migrates.
         wait_for(lambda: _health(writer), "the writer to open its store")
-        reader = _launch(tmp_path, T16, {**shared, "PE_SEARCH_READ_ONLY": "1"})
+        reader = launch(tmp_path, T16, {**shared, "PE_SEARCH_READ_ONLY": "1"})
         for server in (writer, reader):
-            assert _wait_ready(server, READY_DEADLINE) is None, server.log_tail()
+            assert wait_ready(server, READY_DEADLINE) is None, server.log_tail()
         photos = [encode(photo(160, 120, seed=700 + i)) for i in range(3)]
         ids = []
         for i, data in enumerate(photos):
             response = requests.post(
-                f"{writer.url}/images", json={"image": image_object(data), "collection": "shared", "metadata": {"i": i}},
+                f"{writer.url}/images",
+                json={"image": image_object(data), "collection": "shared", "metadata": {"i": i}},
                 timeout=60,
             )
             assert response.status_code == 200, response.text
@@ -167,7 +171,9 @@ def test_one_writer_and_a_read_only_server_share_postgres_and_the_index_dir(post
             assert _search(reader, data)[0] == image_id  # committed by the writer, found by the reader
 
         refused = [
-            requests.post(f"{reader.url}/images", json={"image": image_object(photos[0]), "collection": "shared"}, timeout=60),
+            requests.post(
+                f"{reader.url}/images", json={"image": image_object(photos[0]), "collection": "shared"}, timeout=60
+            ),
             requests.delete(f"{reader.url}/images/{ids[0]}", timeout=60),
             requests.patch(f"{reader.url}/images/{ids[0]}", json={"metadata": {"i": 9}}, timeout=60),
         ]
@@ -204,7 +210,11 @@ def test_nul_characters_get_a_4xx_on_both_backends(db_url: str, tmp_path: Path, 
             # New bytes each time: the same bytes again would only return the stored image.
             ("post", "/images", {"image": image_object(encode(photo(seed=5))), "metadata": {"k": "a\x00b"}}),
             ("post", "/images", {"image": image_object(encode(photo(seed=6))), "metadata": {"a\x00b": 1}}),
-            ("post", "/images", {"image": image_object(encode(photo(seed=7))), "metadata": {"nested": [{"k": "\x00"}]}}),
+            (
+                "post",
+                "/images",
+                {"image": image_object(encode(photo(seed=7))), "metadata": {"nested": [{"k": "\x00"}]}},
+            ),
             ("patch", f"/images/{image_id}", {"metadata": {"k": "\x00"}}),
             ("post", "/search", {"text": "a cat", "filter": {"metadata": {"k": "\x00"}}}),
             ("post", "/search", {"text": "a cat", "filter": {"metadata": {"k\x00": "x"}}}),

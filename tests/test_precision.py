@@ -8,10 +8,10 @@ import torch
 
 from app.model import precision
 from app.model.encoder import PROBE_TEXTS, PEEncoder, probe_pixels
-from app.settings import Settings
 from app.model.variants import get_variant
-from tests.conftest import TEST_MODEL
-from tests.images import photo
+from app.settings import Settings
+from tests.support.constants import TEST_MODEL
+from tests.support.images import photo
 
 VARIANT = get_variant(TEST_MODEL)
 
@@ -25,10 +25,17 @@ def int8_encoder() -> PEEncoder:
     return PEEncoder(VARIANT, weights="random", device="cpu", image_precision="int8", text_precision="int8").load()
 
 
-def test_int8_reports_its_true_cosine_to_fp32_per_tower(int8_encoder: PEEncoder, encoder: PEEncoder) -> None:
+@pytest.fixture(scope="module")
+def fp32_encoder() -> PEEncoder:
+    """The reference: fp32 in both towers, where the session encoder's `auto` may pick bf16 for images."""
+    return PEEncoder(VARIANT, weights="random", device="cpu", image_precision="fp32", text_precision="fp32").load()
+
+
+def test_int8_reports_its_true_cosine_to_fp32_per_tower(int8_encoder: PEEncoder, fp32_encoder: PEEncoder) -> None:
     probe = list(probe_pixels(VARIANT.image_size))
-    image_cos = _cosines(int8_encoder.embed_pixels(probe), encoder.embed_pixels(probe)).min()
-    text_cos = _cosines(int8_encoder.embed_texts(list(PROBE_TEXTS)), encoder.embed_texts(list(PROBE_TEXTS))).min()
+    image_cos = _cosines(int8_encoder.embed_pixels(probe), fp32_encoder.embed_pixels(probe)).min()
+    texts = list(PROBE_TEXTS)
+    text_cos = _cosines(int8_encoder.embed_texts(texts), fp32_encoder.embed_texts(texts)).min()
     modes = int8_encoder.modes
     assert (modes["image"].precision, modes["text"].precision) == ("int8", "int8")
     assert modes["image"].cosine == pytest.approx(image_cos, abs=1e-4)
@@ -37,14 +44,16 @@ def test_int8_reports_its_true_cosine_to_fp32_per_tower(int8_encoder: PEEncoder,
     assert (info.image_precision, info.text_precision) == ("int8", "int8")
 
 
-def test_int8_quantises_linear_layers_and_still_embeds_real_images(int8_encoder: PEEncoder, encoder: PEEncoder) -> None:
+def test_int8_quantises_linear_layers_and_still_embeds_real_images(
+    int8_encoder: PEEncoder, fp32_encoder: PEEncoder
+) -> None:
     quantised = [m for m in int8_encoder._require_model().visual.modules() if "quantized" in type(m).__module__]
     assert quantised, "no layer of the image tower was quantised"
     images = [photo(300, 200, seed=s) for s in range(3)]
     vectors = int8_encoder.embed_images(images)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # Close to fp32, and each image still nearest to its own fp32 embedding.
-    similarity = vectors @ encoder.embed_images(images).T
+    similarity = vectors @ fp32_encoder.embed_images(images).T
     assert (similarity.argmax(axis=1) == np.arange(3)).all()
 
 
@@ -71,9 +80,12 @@ def test_auto_refuses_a_mode_under_the_guard(monkeypatch: pytest.MonkeyPatch) ->
     reference = torch.eye(4)
     drifted = reference + 0.05 * torch.ones(4, 4)  # cosine 0.9966 per row: under 0.999
     embed = {"fp32": reference, "bf16": drifted}.__getitem__
-    assert precision.choose("auto", kind="image", device=torch.device("cpu"), embed=embed) == precision.TowerMode("fp32")
+    refused = precision.choose("auto", kind="image", device=torch.device("cpu"), embed=embed)
+    assert refused == precision.TowerMode("fp32")
     close = reference + 0.01 * torch.ones(4, 4)
-    chosen = precision.choose("auto", kind="image", device=torch.device("cpu"), embed={"fp32": reference, "bf16": close}.__getitem__)
+    chosen = precision.choose(
+        "auto", kind="image", device=torch.device("cpu"), embed={"fp32": reference, "bf16": close}.__getitem__
+    )
     assert chosen.precision == "bf16" and chosen.cosine >= precision.COSINE_GUARD
 
 
@@ -94,12 +106,15 @@ def test_settings_reject_unknown_precision() -> None:
         Settings(image_precision="int4")
 
 
+@pytest.mark.slow
 def test_compiled_towers_embed_like_eager_ones(encoder: PEEncoder) -> None:
     # The "eager" backend runs the compile path (tracing, warm-up at load) without paying for codegen.
     compiled = PEEncoder(VARIANT, weights="random", device="cpu", compile=True, compile_backend="eager").load()
     images = [photo(240, 180, seed=s) for s in range(2)]
     np.testing.assert_allclose(compiled.embed_images(images), encoder.embed_images(images), atol=1e-5)
-    np.testing.assert_allclose(compiled.embed_texts(["a cat", "two dogs"]), encoder.embed_texts(["a cat", "two dogs"]), atol=1e-5)
+    np.testing.assert_allclose(
+        compiled.embed_texts(["a cat", "two dogs"]), encoder.embed_texts(["a cat", "two dogs"]), atol=1e-5
+    )
 
 
 def test_forward_batch_defaults_to_the_cpu_size_and_follows_the_setting() -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.model.encoder import PEEncoder, pe_transform
 from app.model.variants import get_variant
-from tests.images import photo
+from tests.support.images import photo
 
 
 def reference_pe_transform(image: Image.Image, size: int) -> torch.Tensor:

@@ -37,12 +37,12 @@ from app.settings import Settings
 from index.db import create_db_engine
 from index.models import Image, Source
 from index.store import VectorStore
-from tests.conftest import TEST_MODEL
-from tests.images import encode, photo
+from tests.support.constants import TEST_MODEL
+from tests.support.images import encode, photo
 
 REPO = Path(__file__).resolve().parent.parent
 # Ray Data warns about its own deprecated options whenever it copies its context; nothing of ours.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.images import b64, encode, image_object, photo
-from tests.test_ingest import make_folder
+from tests.support.images import encode, image_object, photo
+from tests.support.ingest import make_folder
 
 
 def upload(client: TestClient, data: bytes, collection: str, metadata: dict | None = None) -> dict:
@@ -27,7 +27,10 @@ def upload(client: TestClient, data: bytes, collection: str, metadata: dict | No
 def photos(client: TestClient, request: pytest.FixtureRequest) -> tuple[str, list[bytes], list[int]]:
     collection = re.sub(r"[^\w.-]", "-", request.node.name)[:60]
     images = [encode(photo(240, 180, seed=500 + i), "JPEG") for i in range(6)]
-    ids = [upload(client, data, collection, {"label": "cat" if i % 2 else "dog", "n": i})["id"] for i, data in enumerate(images)]
+    ids = [
+        upload(client, data, collection, {"label": "cat" if i % 2 else "dog", "n": i})["id"]
+        for i, data in enumerate(images)
+    ]
     yield collection, images, ids
     client.delete(f"/collections/{collection}")
 
@@ -93,11 +96,20 @@ def test_search_errors(client: TestClient, photos, body: dict, status: int, mess
 
 def test_model_mismatch_is_409(client: TestClient, photos) -> None:
     collection, images, _ = photos
-    response = client.post("/search", json={"collection": collection, "text": "x", "perception_encoder_version_id": "PE-Core-B16-224"})
+    response = client.post(
+        "/search", json={"collection": collection, "text": "x", "perception_encoder_version_id": "PE-Core-B16-224"}
+    )
     assert response.status_code == 409 and "PE-Core-T16-384" in response.json()["message"]
     client.post("/collections", json={"name": "l14-only", "perception_encoder_version_id": "PE-Core-L14-336"})
     try:
-        refused = client.post("/images", json={"image": image_object(images[0]), "collection": "l14-only", "perception_encoder_version_id": "PE-Core-T16-384"})
+        refused = client.post(
+            "/images",
+            json={
+                "image": image_object(images[0]),
+                "collection": "l14-only",
+                "perception_encoder_version_id": "PE-Core-T16-384",
+            },
+        )
         assert refused.status_code == 409 and "PE-Core-L14-336" in refused.json()["message"]
         cross = client.post("/search", json={"collection": "l14-only", "image_id": photos[2][0]})
         assert cross.status_code == 409
@@ -107,7 +119,9 @@ def test_model_mismatch_is_409(client: TestClient, photos) -> None:
 
 def test_duplicate_upload_returns_the_existing_id(client: TestClient, photos) -> None:
     collection, images, ids = photos
-    again = client.post("/images", json={"image": image_object(images[3]), "collection": collection, "metadata": {"x": 1}})
+    again = client.post(
+        "/images", json={"image": image_object(images[3]), "collection": collection, "metadata": {"x": 1}}
+    )
     assert again.status_code == 200 and again.json() == {"id": ids[3], "created": False, "collection": collection}
 
 
@@ -122,14 +136,18 @@ def test_image_record_file_patch_delete(client: TestClient, photos) -> None:
     assert patched["metadata"] == {"n": 1, "color": "grey"}
     assert client.delete(f"/images/{ids[1]}").status_code == 204
     assert client.get(f"/images/{ids[1]}").status_code == 404
-    assert ids[1] not in {r["id"] for r in search(client, image=image_object(images[1]), collection=collection, top_k=10)["results"]}
+    assert ids[1] not in {
+        r["id"] for r in search(client, image=image_object(images[1]), collection=collection, top_k=10)["results"]
+    }
     assert client.delete(f"/images/{ids[1]}").status_code == 404
 
 
 def test_upload_errors(client: TestClient) -> None:
     bad = client.post("/images", files={"file": ("x.jpg", b"not an image", "image/jpeg")}, data={"collection": "errs"})
     assert bad.status_code == 400 and "Could not load input image" in bad.json()["message"]
-    meta = client.post("/images", files={"file": ("x.jpg", encode(photo(), "JPEG"), "image/jpeg")}, data={"metadata": "[1]"})
+    meta = client.post(
+        "/images", files={"file": ("x.jpg", encode(photo(), "JPEG"), "image/jpeg")}, data={"metadata": "[1]"}
+    )
     assert meta.status_code == 400 and "JSON object" in meta.json()["message"]
     assert client.post("/images", json={"metadata": {}}).status_code == 422
     assert client.post("/images", files={"other": ("x", b"1")}).status_code == 400
@@ -154,12 +172,14 @@ def test_server_side_ingest_job(client: TestClient, tmp_path: Path, monkeypatch)
     monkeypatch.setattr(client.app.state.settings, "ingest_roots", str(tmp_path / "allowed"))
     refused = client.post("/ingest", json={"source": str(tmp_path / "elsewhere"), "collection": "job"})
     assert refused.status_code == 403 and "PE_SEARCH_INGEST_ROOTS" in refused.json()["message"]
-    sneaky = client.post("/ingest", json={"source": str(tmp_path / "allowed" / ".." / "elsewhere"), "collection": "job"})
+    sneaky = client.post(
+        "/ingest", json={"source": str(tmp_path / "allowed" / ".." / "elsewhere"), "collection": "job"}
+    )
     assert sneaky.status_code == 403
     started = client.post("/ingest", json={"source": str(tmp_path / "allowed" / "photos"), "collection": "job"})
     assert started.status_code == 202
     job_id = started.json()["id"]
-    client.app.state.jobs._pool.submit(lambda: None).result()  # the single job thread has finished the job
+    client.app.state.services.jobs._pool.submit(lambda: None).result()  # the single job thread has finished the job
     job = client.get(f"/ingest/{job_id}").json()
     assert job["status"] == "done" and job["summary"]["added"] == 4 and job["summary"]["failed"] == 2
     assert client.get("/search", params={"q": "x", "collection": "job"}).json()["results"]
@@ -173,7 +193,7 @@ def test_folder_file_is_served_only_under_its_root(client: TestClient, tmp_path:
     paths = make_folder(tmp_path / "root", count=2)
     monkeypatch.setattr(client.app.state.settings, "ingest_roots", str(tmp_path))
     job_id = client.post("/ingest", json={"source": str(tmp_path / "root"), "collection": "served"}).json()["id"]
-    client.app.state.jobs._pool.submit(lambda: None).result()
+    client.app.state.services.jobs._pool.submit(lambda: None).result()
     assert client.get(f"/ingest/{job_id}").json()["status"] == "done"
     hits = search(client, text="x", collection="served")["results"]
     by_uri = {h["uri"]: h["id"] for h in hits}
@@ -189,5 +209,14 @@ def test_folder_file_is_served_only_under_its_root(client: TestClient, tmp_path:
 
 def test_openapi_lists_the_store_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    for route in ("/search", "/images", "/images/{image_id}", "/images/{image_id}/file", "/collections", "/collections/{name}", "/ingest", "/ingest/{job_id}"):
+    for route in (
+        "/search",
+        "/images",
+        "/images/{image_id}",
+        "/images/{image_id}/file",
+        "/collections",
+        "/collections/{name}",
+        "/ingest",
+        "/ingest/{job_id}",
+    ):
         assert route in paths, route

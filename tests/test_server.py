@@ -1,8 +1,9 @@
 """End-to-end over real HTTP: a real `pe-search serve` (uvicorn) process, driven with `requests`.
 
-Two server processes, each started once per module:
+Three server processes, each started once per module:
 
 * `server`: PE-Core-T16-384 (dim 512), random weights, for the round trips and errors.
+* `keyed_server`: the same model in another process, with an API key and no text cache.
 * `default_server`: no model override at all, so it serves the default PE-Core-L14-336
   (dim 1024), random weights; only Roboflow's documented client sample uses it.
 """
@@ -13,142 +14,56 @@ import base64
 import contextlib
 import math
 import os
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from tests.images import encode, image_object, photo
+from tests.support.images import encode, image_object, photo
+from tests.support.server import (
+    LOG_TAIL_LINES,
+    READY_DEADLINE,
+    REQUEST_TIMEOUT,
+    T16,
+    T16_DIM,
+    Server,
+    launch,
+    wait_ready,
+    wanted,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-T16 = "PE-Core-T16-384"
-T16_DIM = 512
 DEFAULT_MODEL = "PE-Core-L14-336"
 DEFAULT_DIM = 1024
-# Bounded waits for /ready: T16 loads in a few seconds, L14 in ~15 s on 2 CPU cores.
-READY_DEADLINE = float(os.environ.get("PE_SEARCH_TEST_READY_TIMEOUT", "240"))
-REQUEST_TIMEOUT = 60
 EMBED_KEYS = {"inference_id", "frame_id", "time", "embeddings"}
 COMPARE_KEYS = {"inference_id", "frame_id", "time", "similarity", "parent_id"}
-LOG_TAIL_LINES = 200
+# Every test here drives a real uvicorn process (three of them start once per module).
+pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _server_env(data_dir: Path, model: str | None) -> dict[str, str]:
-    """The test process's environment minus any model choice, plus random weights and no hub."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PE_SEARCH_") and k != "PERCEPTION_ENCODER_VERSION_ID"
-    }
-    env.update(
-        HF_HUB_OFFLINE="1",
-        PE_SEARCH_WEIGHTS="random",
-        PE_SEARCH_DEVICE="cpu",
-        PE_SEARCH_DATA_DIR=str(data_dir),
-        PYTHONUNBUFFERED="1",
-    )
-    if model is not None:
-        env["PE_SEARCH_MODEL"] = model
-    return env
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(server log unavailable: {exc})"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def post(self, route: str, body=None, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", REQUEST_TIMEOUT)
-        return requests.post(f"{self.url}/perception_encoder/{route}", json=body, **kwargs)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def _launch(workdir: Path, model: str | None, extra_env: dict[str, str] | None = None) -> Server:
-    port = _free_port()
-    log_path = workdir / f"server-{port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,  # `-m app.cli` resolves to this checkout
-            env={**_server_env(workdir / "data", model), **(extra_env or {})},
-            stdin=subprocess.DEVNULL,
-            # A file, not a pipe, so a chatty server never blocks; stdout too, for uvicorn's access log.
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return Server(process=process, port=port, log_path=log_path)
-
-
-def _wait_ready(server: Server, deadline_s: float) -> str | None:
-    """None once /ready answers 200; otherwise why it never did (exited, failed load, timeout)."""
-    deadline = time.monotonic() + deadline_s
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        code = server.process.poll()
-        if code is not None:
-            return f"server exited with code {code} before it was ready"
-        try:
-            response = requests.get(f"{server.url}/ready", timeout=2)
-        except requests.RequestException as exc:
-            last = f"{type(exc).__name__}"
-        else:
-            if response.status_code == 200:
-                return None
-            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-            if body.get("status") == "failed":
-                return f"default model failed to load: {body.get('load_error')}"
-            last = f"/ready {response.status_code} {body.get('status')}"
-        time.sleep(0.2)
-    return f"not ready within {deadline_s:.0f} s (last: {last})"
-
+SERVER_KEY = "server-key"
+# Each module server: its model (None: no override, the default model) and extra environment.
+SERVERS: dict[str, tuple[str | None, dict[str, str]]] = {
+    "server": (T16, {}),
+    # A second T16 process: API keys required, and no text cache, so every text is embedded afresh.
+    "keyed_server": (T16, {"PE_SEARCH_API_KEYS": SERVER_KEY, "PE_SEARCH_TEXT_CACHE_SIZE": "0"}),
+    "default_server": (None, {}),
+}
 
 # Servers launched ahead of the fixture that owns them, so their slow start overlaps other tests.
-_prelaunched: dict[str | None, Server] = {}
+_prelaunched: dict[str, Server] = {}
 
 
-def _wanted(request: pytest.FixtureRequest, fixture_name: str) -> bool:
-    """Whether a test of this module selected for this run uses the fixture."""
-    return any(
-        getattr(item, "module", None) is request.module and fixture_name in getattr(item, "fixturenames", ())
-        for item in request.session.items
-    )
+def _launch_named(tmp_path_factory: pytest.TempPathFactory, name: str) -> Server:
+    model, extra_env = SERVERS[name]
+    return launch(tmp_path_factory.mktemp(name), model, extra_env)
 
 
-def _prelaunch(tmp_path_factory: pytest.TempPathFactory, model: str | None) -> None:
-    if model not in _prelaunched:
-        _prelaunched[model] = _launch(tmp_path_factory.mktemp("server"), model)
+def _prelaunch(tmp_path_factory: pytest.TempPathFactory, name: str) -> None:
+    if name not in _prelaunched:
+        _prelaunched[name] = _launch_named(tmp_path_factory, name)
 
 
 def _stop_prelaunched() -> None:
@@ -156,12 +71,12 @@ def _stop_prelaunched() -> None:
         _prelaunched.popitem()[1].stop()
 
 
-def _start_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, model: str | None):
-    server = _prelaunched.pop(model, None)
+def _start_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str):
+    server = _prelaunched.pop(name, None)
     for _attempt in range(3):
         if server is None:
-            server = _launch(tmp_path_factory.mktemp("server"), model)
-        problem = _wait_ready(server, READY_DEADLINE)
+            server = _launch_named(tmp_path_factory, name)
+        problem = wait_ready(server, READY_DEADLINE)
         if problem is None:
             break
         server.stop()
@@ -170,7 +85,10 @@ def _start_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             break
         server = None
     if problem is not None:
-        pytest.fail(f"pe-search server did not start: {problem}\n--- server log (stdout and stderr) ---\n{server.log_tail()}", pytrace=False)
+        pytest.fail(
+            f"pe-search server did not start: {problem}\n--- server log (stdout and stderr) ---\n{server.log_tail()}",
+            pytrace=False,
+        )
 
     failed_before = request.session.testsfailed
     try:
@@ -182,25 +100,31 @@ def _start_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             capture = request.config.pluginmanager.getplugin("capturemanager")
             with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
                 sys.stderr.write(
-                    f"\n--- pe-search server log ({model or 'default model'}, port {server.port}), "
+                    f"\n--- pe-search server log ({name}, port {server.port}), "
                     f"last {LOG_TAIL_LINES} lines ---\n{server.log_tail()}\n--- end of server log ---\n"
                 )
 
 
 @pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    # Start the default-model server now (it takes the longest) if a selected test needs it.
-    if _wanted(request, "default_server"):
-        _prelaunch(tmp_path_factory, None)
+    # Start the other servers now (the default model takes the longest) if a selected test needs them.
+    for other in ("default_server", "keyed_server"):
+        if wanted(request, other):
+            _prelaunch(tmp_path_factory, other)
     try:
-        yield from _start_server(request, tmp_path_factory, T16)
+        yield from _start_server(request, tmp_path_factory, "server")
     finally:
         _stop_prelaunched()  # never claimed (its test was not reached): do not leak the process
 
 
 @pytest.fixture(scope="module")
+def keyed_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    yield from _start_server(request, tmp_path_factory, "keyed_server")
+
+
+@pytest.fixture(scope="module")
 def default_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    yield from _start_server(request, tmp_path_factory, None)
+    yield from _start_server(request, tmp_path_factory, "default_server")
 
 
 @pytest.fixture(scope="module")
@@ -255,18 +179,41 @@ def test_embed_text_single_and_list(server: Server):
     assert not np.allclose(many[0], many[1], atol=1e-3)
 
 
-def test_same_text_twice_gives_identical_vectors(server: Server):
-    body = {"text": "a red bicycle leaning on a wall", "api_key": "test"}
-    first = server.post("embed_text", body).json()["embeddings"]
-    second = server.post("embed_text", body).json()["embeddings"]
-    assert first == second
+def test_same_inputs_give_identical_vectors_in_two_processes_and_without_the_text_cache(
+    server: Server, keyed_server: Server, jpeg: bytes
+):
+    """Random weights are seeded, so both processes hold the same model; keyed_server has no text
+    cache, so each of its two passes computes the texts again."""
+    texts = {"text": ["a red bicycle leaning on a wall", "two dogs on a beach"]}
+    images = {"image": [image_object(jpeg), image_object(encode(photo(200, 300, seed=11), "PNG"))]}
+    auth = {"Authorization": f"Bearer {SERVER_KEY}"}
+    text_vectors = _assert_embedding_response(server.post("embed_text", texts), 2, T16_DIM)
+    image_vectors = _assert_embedding_response(server.post("embed_image", images), 2, T16_DIM)
+    for _pass in range(2):
+        again = _assert_embedding_response(keyed_server.post("embed_text", texts, headers=auth), 2, T16_DIM)
+        np.testing.assert_allclose(again, text_vectors, rtol=0, atol=1e-6)
+        again = _assert_embedding_response(keyed_server.post("embed_image", images, headers=auth), 2, T16_DIM)
+        np.testing.assert_allclose(again, image_vectors, rtol=0, atol=1e-6)
 
 
-def test_api_key_in_query_header_or_body_is_accepted(server: Server):
-    body = {"text": "a cat"}
-    assert server.post("embed_text", body, params={"api_key": "k", "countinference": "false"}).status_code == 200
-    assert server.post("embed_text", body, headers={"Authorization": "Bearer k"}).status_code == 200
-    assert server.post("embed_text", {**body, "api_key": "k", "unknown_field": 1}).status_code == 200
+@pytest.mark.parametrize("place", ["query", "bearer", "body"])
+def test_api_key_in_query_header_or_body_is_accepted_and_a_wrong_or_missing_one_is_401(
+    keyed_server: Server, place: str
+):
+    def send(key: str | None) -> requests.Response:
+        body, kwargs = {"text": "a cat", "unknown_field": 1}, {}
+        if key is not None and place == "query":
+            kwargs["params"] = {"api_key": key, "countinference": "false"}
+        elif key is not None and place == "bearer":
+            kwargs["headers"] = {"Authorization": f"Bearer {key}"}
+        elif key is not None:
+            body["api_key"] = key
+        return keyed_server.post("embed_text", body, **kwargs)
+
+    _assert_embedding_response(send(SERVER_KEY), 1, T16_DIM)
+    for refused in (send("not-the-key"), send(None)):
+        assert refused.status_code == 401, refused.text[:200]
+        assert "API key" in refused.json()["message"] and refused.headers["www-authenticate"] == "Bearer"
 
 
 def test_compare_list_prompt_is_plain_cosine(server: Server, jpeg: bytes):
@@ -422,13 +369,15 @@ def test_sigterm_finishes_in_flight_requests_and_checkpoints(tmp_path: Path) -> 
     import signal
     import threading
 
-    server = _launch(tmp_path, "PE-Core-T16-384")
+    server = launch(tmp_path, "PE-Core-T16-384")
     try:
-        problem = _wait_ready(server, 240)
+        problem = wait_ready(server, 240)
         assert problem is None, f"{problem}\n{server.log_tail()}"
         for seed in range(3):
             data = encode(photo(100, 80, seed=900 + seed), "PNG")
-            assert requests.post(f"{server.url}/images", json={"image": image_object(data)}, timeout=60).status_code == 200
+            assert (
+                requests.post(f"{server.url}/images", json={"image": image_object(data)}, timeout=60).status_code == 200
+            )
         images = [image_object(encode(photo(200, 150, seed=s), "JPEG")) for s in range(16)]
         result: dict = {}
         in_flight = threading.Thread(

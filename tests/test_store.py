@@ -1,13 +1,12 @@
 """The vector store on real FAISS indexes and a real database, against a brute-force reference.
 
-Every test that uses `db_url` (tests/pg.py) runs twice: on a SQLite file and on a fresh
+Every test that uses `db_url` (tests/conftest.py) runs twice: on a SQLite file and on a fresh
 database of a real PostgreSQL server on loopback. Vectors here are synthetic (a test
 double for the encoder is fine at this layer).
 """
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from index import store as store_module
-from index.crud import NewImage
+from index import query as query_module
+from index.ann.vector_index import choose_spec
 from index.db import create_db_engine, current_revision, head_revision, upgrade_database
 from index.errors import (
     CollectionExistsError,
@@ -30,43 +29,7 @@ from index.errors import (
 from index.filters import SearchFilter
 from index.models import Base
 from index.store import VectorStore
-from index.ann.vector_index import choose_spec
-
-DIM = 32
-MODEL = "PE-Core-T16-384"
-
-
-def open_store(root: Path, url: str | None = None) -> VectorStore:
-    """A store with its indexes under root; its database a SQLite file there unless a URL is given."""
-    url = url or f"sqlite:///{root / 'meta.db'}"
-    return VectorStore(engine=create_db_engine(url), index_dir=root / "indexes").open()
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
-
-
-def clustered(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    """Unit vectors in clusters, shaped like real embeddings rather than uniform noise."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(n // 100, 4), dim))
-    return unit(centres[rng.integers(0, len(centres), n)] + 0.35 * rng.normal(size=(n, dim)))
-
-
-def items(vectors: np.ndarray, start: int = 0, meta=None) -> list[NewImage]:
-    return [
-        NewImage(
-            sha256=hashlib.sha256(f"img{start + i}".encode()).hexdigest(),
-            uri=f"/photos/{start + i}.jpg",
-            width=10, height=10, format="JPEG", byte_size=100,
-            vector=v, meta=meta(start + i) if meta else {},
-        )
-        for i, v in enumerate(vectors)
-    ]
-
-
-def add(store: VectorStore, collection_id: int, vectors: np.ndarray, start: int = 0, meta=None) -> list[int]:
-    return [image_id for image_id, _ in store.add_images(collection_id, items(vectors, start, meta))]
+from tests.support.store import DIM, MODEL, add, clustered, items, open_store
 
 
 def brute_force(ids: list[int], vectors: np.ndarray, query: np.ndarray, k: int) -> list[int]:
@@ -206,7 +169,10 @@ def test_approximate_indexes_recall_at_10(tmp_path: Path, db_url: str, kind: str
     assert info.live_index == kind
     queries = clustered(50, seed=4)
     recall = np.mean(
-        [len({h.id for h in store.search(collection.id, q, 10)} & set(brute_force(ids, vectors, q, 10))) / 10 for q in queries]
+        [
+            len({h.id for h in store.search(collection.id, q, 10)} & set(brute_force(ids, vectors, q, 10))) / 10
+            for q in queries
+        ]
     )
     assert recall >= 0.95, recall
     gone = ids[:100]
@@ -216,7 +182,7 @@ def test_approximate_indexes_recall_at_10(tmp_path: Path, db_url: str, kind: str
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
 def test_filtered_search_fills_top_k(tmp_path: Path, db_url: str, kind: str, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "EXACT_FILTER_LIMIT", 0)  # force the FAISS selector path
+    monkeypatch.setattr(query_module, "EXACT_FILTER_LIMIT", 0)  # force the FAISS selector path
     store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(3000, seed=5)
@@ -233,7 +199,12 @@ def test_filtered_search_fills_top_k(tmp_path: Path, db_url: str, kind: str, mon
 def test_filters(store: VectorStore) -> None:
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(40, seed=6)
-    ids = add(store, collection.id, vectors, meta=lambda i: {"label": ["cat", "dog", "car", "dog"][i % 4], "n": i, "ok": i % 2 == 0})
+    ids = add(
+        store,
+        collection.id,
+        vectors,
+        meta=lambda i: {"label": ["cat", "dog", "car", "dog"][i % 4], "n": i, "ok": i % 2 == 0},
+    )
 
     def matching(search_filter: SearchFilter) -> set[int]:
         return {h.id for h in store.search(collection.id, vectors[0], 40, search_filter)}
@@ -277,7 +248,9 @@ def test_metadata_filters_compare_typed_values(store: VectorStore) -> None:
 
 def test_metadata_patch_merges_and_loses_no_concurrent_update(store: VectorStore) -> None:
     collection = store.create_collection("c", model=MODEL, dim=DIM)
-    [image_id] = add(store, collection.id, clustered(1), meta=lambda i: {"label": "cat", "box": {"x": 1, "y": 2}, "n": 1})
+    [image_id] = add(
+        store, collection.id, clustered(1), meta=lambda i: {"label": "cat", "box": {"x": 1, "y": 2}, "n": 1}
+    )
     image = store.patch_metadata(image_id, {"label": None, "box": {"y": None, "z": 3}, "tags": ["a"]})
     assert image.meta == {"box": {"x": 1, "z": 3}, "n": 1, "tags": ["a"]}
 

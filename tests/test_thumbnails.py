@@ -7,11 +7,13 @@ import io
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.images import encode, image_object, photo
+from tests.support.images import encode, image_object, photo
 
 
 def test_thumbnail_sizes_and_caching(client: TestClient, settings) -> None:  # noqa: ANN001
-    image_id = client.post("/images", json={"image": image_object(encode(photo(400, 300, seed=31), "PNG")), "collection": "thumbs"}).json()["id"]
+    image_id = client.post(
+        "/images", json={"image": image_object(encode(photo(400, 300, seed=31), "PNG")), "collection": "thumbs"}
+    ).json()["id"]
     response = client.get(f"/images/{image_id}/thumbnail", params={"size": 200})
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     thumb = Image.open(io.BytesIO(response.content))
@@ -30,12 +32,12 @@ def test_thumbnail_sizes_and_caching(client: TestClient, settings) -> None:  # n
 
 
 def test_thumbnail_of_a_moved_file_is_404(client: TestClient, tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    from tests.test_ingest import make_folder
+    from tests.support.ingest import make_folder
 
     paths = make_folder(tmp_path / "root", count=1)
     monkeypatch.setattr(client.app.state.settings, "ingest_roots", str(tmp_path))
     job = client.post("/ingest", json={"source": str(tmp_path / "root"), "collection": "moved"}).json()["id"]
-    client.app.state.jobs._pool.submit(lambda: None).result()
+    client.app.state.services.jobs._pool.submit(lambda: None).result()
     assert client.get(f"/ingest/{job}").json()["status"] == "done"
     image_id = client.post("/search", json={"text": "x", "collection": "moved"}).json()["results"][0]["id"]
     paths[0].unlink()

@@ -6,8 +6,8 @@ import open_clip
 import pytest
 
 from app.errors import UnknownModelError
-from app.settings import Settings
 from app.model.variants import DEFAULT_VERSION_ID, VARIANTS, get_variant
+from app.settings import Settings
 
 EXPECTED = {
     "PE-Core-T16-384": (512, 384, 32),

@@ -11,17 +11,20 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from app.model.encoder import PEEncoder
-from app.errors import WeightsError
 from app.api.app import create_app
-from app.settings import Settings
+from app.errors import WeightsError
+from app.model.encoder import PEEncoder
 from app.model.variants import get_variant
 from app.model.weights import cached_hub_checkpoint
-from tests.images import photo
+from app.settings import Settings
+from tests.support.images import photo
 
 VARIANT = get_variant("PE-Core-T16-384")
 IMAGES = [photo(320, 240, seed=s) for s in range(2)]
 TEXTS = ["a photo of a cat", "a dog"]
+# The references are open_clip's fp32 embeddings: the loaded weights are compared in fp32, whatever
+# `auto` would pick on this CPU (bf16 for images where the CPU has native bf16).
+FP32 = {"image_precision": "fp32", "text_precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,13 @@ def to_meta_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of the loader's conversion, written out independently from Meta's module names."""
     out: dict[str, torch.Tensor] = {}
     block_names = {
-        "norm1": "ln_1", "norm2": "ln_2", "attn.qkv.weight": "attn.in_proj_weight",
-        "attn.qkv.bias": "attn.in_proj_bias", "attn.proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+        "norm1": "ln_1",
+        "norm2": "ln_2",
+        "attn.qkv.weight": "attn.in_proj_weight",
+        "attn.qkv.bias": "attn.in_proj_bias",
+        "attn.proj": "attn.out_proj",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
     }
     for key, value in state.items():
         if key.startswith("text."):
@@ -81,7 +89,9 @@ def to_meta_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"visual.{meta}.{part}"] = trunk[f"{ours}.{part}"]
     out["visual.attn_pool.probe"] = trunk["attn_pool.latent"]
     for part in ("weight", "bias"):
-        out[f"visual.attn_pool.attn.in_proj_{part}"] = torch.cat([trunk[f"attn_pool.q.{part}"], trunk[f"attn_pool.kv.{part}"]])
+        out[f"visual.attn_pool.attn.in_proj_{part}"] = torch.cat(
+            [trunk[f"attn_pool.q.{part}"], trunk[f"attn_pool.kv.{part}"]]
+        )
         out[f"visual.attn_pool.attn.out_proj.{part}"] = trunk[f"attn_pool.proj.{part}"]
         out[f"visual.attn_pool.mlp.c_fc.{part}"] = trunk[f"attn_pool.mlp.fc1.{part}"]
         out[f"visual.attn_pool.mlp.c_proj.{part}"] = trunk[f"attn_pool.mlp.fc2.{part}"]
@@ -92,7 +102,7 @@ def to_meta_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_open_clip_checkpoint_gives_open_clip_embeddings(trained_like, tmp_path: Path) -> None:
     path = tmp_path / "pe-t16.pt"
     torch.save(trained_like.state_dict(), path)
-    encoder = PEEncoder(VARIANT, weights=str(path), device="cpu").load()
+    encoder = PEEncoder(VARIANT, weights=str(path), device="cpu", **FP32).load()
     assert_same_model(encoder, trained_like)
     assert encoder.info.weights == f"file:{path}" and not encoder.info.random_weights
 
@@ -102,18 +112,22 @@ def test_meta_original_checkpoint_is_converted(trained_like, tmp_path: Path) -> 
     meta = to_meta_layout(trained_like.state_dict())
     assert not any(k.startswith("visual.trunk") or k.startswith("text.") for k in meta)
     torch.save({f"module.{k}": v for k, v in meta.items()}, path)
-    assert_same_model(PEEncoder(VARIANT, weights=str(path), device="cpu").load(), trained_like)
+    assert_same_model(PEEncoder(VARIANT, weights=str(path), device="cpu", **FP32).load(), trained_like)
 
 
+@pytest.mark.slow
 def test_hub_weights_load_from_the_cache_offline(trained_like, tmp_path: Path) -> None:
     snapshot = tmp_path / f"models--{VARIANT.hub_repo.replace('/', '--')}" / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("a" * 40)
     assert cached_hub_checkpoint(VARIANT, tmp_path) is None
-    save_file({k: v.contiguous() for k, v in trained_like.state_dict().items()}, snapshot / "open_clip_model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in trained_like.state_dict().items()}, snapshot / "open_clip_model.safetensors"
+    )
     assert cached_hub_checkpoint(VARIANT, tmp_path) == str(snapshot / "open_clip_model.safetensors")
-    assert_same_model(PEEncoder(VARIANT, weights="hub", cache_dir=tmp_path, device="cpu").load(), trained_like)
+    encoder = PEEncoder(VARIANT, weights="hub", cache_dir=tmp_path, device="cpu", **FP32).load()
+    assert_same_model(encoder, trained_like)
 
 
 def test_hub_unreachable_is_a_clear_error(tmp_path: Path) -> None:
@@ -137,11 +151,12 @@ def test_missing_or_unreadable_checkpoint_is_refused(tmp_path: Path, content: by
         PEEncoder(VARIANT, weights=str(path), device="cpu").load()
 
 
+@pytest.mark.slow
 def test_failed_default_load_keeps_server_up_and_not_ready(tmp_path: Path) -> None:
     settings = Settings(model=VARIANT.version_id, weights=str(tmp_path / "missing.pt"), device="cpu", data_dir=tmp_path)
     app = create_app(settings)
     with TestClient(app) as client:
-        app.state.registry.load_default()  # the same load the start-up ran, run to completion here
+        app.state.services.registry.load_default()  # the same load the start-up ran, run to completion here
         ready = client.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["status"] == "failed" and "missing.pt" in ready.json()["load_error"]

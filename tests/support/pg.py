@@ -1,5 +1,7 @@
 """A throwaway PostgreSQL server on loopback for the tests: Debian's binaries, a temp cluster, a database per test.
 
+The fixtures on top of it (`postgres_server`, `postgres_url`, `db_url`) are in tests/conftest.py.
+
 `initdb` refuses to run as root, so under root the cluster belongs to the `postgres`
 user the Debian package creates. Durability is switched off (fsync, synchronous
 commit): the cluster is deleted at the end of the session anyway.
@@ -14,13 +16,13 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.server import free_port
 
 # CI sets it, so a machine without PostgreSQL fails the PostgreSQL tests instead of skipping them.
 REQUIRE_ENV = "PE_SEARCH_REQUIRE_POSTGRES"
@@ -56,12 +58,6 @@ def _user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresServer:
@@ -105,13 +101,14 @@ class PostgresServer:
         password_file.unlink()
         for attempt in range(_START_ATTEMPTS):
             # Another process may take the free port before the server binds it: try another.
-            self.port = _free_port()
+            self.port = free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
             result = self._run(
-                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start"
+                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+                "-w", "-t", str(START_TIMEOUT_S), "start",
             )
             if result.returncode == 0:
                 return self
@@ -151,8 +148,8 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def new_server() -> PostgresServer:
+    """A cluster for this machine, not started yet; skips (or fails, under CI) where none can run."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         unavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
@@ -162,24 +159,4 @@ def postgres_server() -> Iterator[PostgresServer]:
         import psycopg  # noqa: F401
     except ImportError:
         unavailable("psycopg is not installed (pip install 'pe-search[postgres]')")
-    server = PostgresServer(bin_dir)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-@pytest.fixture()
-def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
-    """A new, empty database for one test."""
-    name = postgres_server.create_database()
-    yield postgres_server.url(name)
-    postgres_server.drop_database(name)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database of each backend: a test using it runs once per backend."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'meta.db'}"
-    return request.getfixturevalue("postgres_url")
+    return PostgresServer(bin_dir)

@@ -1,16 +1,20 @@
-"""Run by test_crash: adds vectors and checkpoints in a loop until killed."""
+"""Run by test_crash as `python -m tests.support.checkpoint_loop ROOT`: adds vectors and checkpoints
+in a loop until killed."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from tests.test_store import add, clustered, open_store
+from tests.support.store import add, clustered, open_store
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     store = open_store(root)
-    info = store.collection("loop") if store.model_of("loop") else store.create_collection("loop", model="PE-Core-T16-384", dim=128)
+    if store.model_of("loop"):
+        info = store.collection("loop")
+    else:
+        info = store.create_collection("loop", model="PE-Core-T16-384", dim=128)
     vectors = clustered(200_000, dim=128, seed=1)
     start = info.count
     while True:
