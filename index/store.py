@@ -76,8 +76,9 @@ class VectorStore(ImageMethods):
             self.live.load(collection)
         return self
 
-    def close(self) -> None:
-        self.checkpoint()
+    def close(self, *, checkpoint: bool = True) -> None:
+        if checkpoint:
+            self.checkpoint()
         self.engine.dispose()
 
     def checkpoint(self, collection_name: str | None = None) -> bool:

@@ -107,6 +107,44 @@ def test_index_commands_end_to_end(capsys, tmp_path: Path, monkeypatch) -> None:
     assert code == 2 and "not a folder" in err
 
 
+def test_search_takes_the_filters_and_limits_of_post_search(capsys, tmp_path: Path, monkeypatch) -> None:
+    """`pe-search search` runs the server's SearchService: metadata and uri filters, min score, the top-k cap."""
+    monkeypatch.setenv("PE_SEARCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PE_SEARCH_WEIGHTS", "random")
+    monkeypatch.setenv("PE_SEARCH_MODEL", "PE-Core-T16-384")
+    labels = ["dog", "cat", "dog", "bird", "cat", "dog"]
+    rows = ["path,label,year"]
+    for i, label in enumerate(labels):
+        path = tmp_path / "photos" / f"{label}{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(photo(96, 64, seed=40 + i), "PNG"))
+        rows.append(f"photos/{path.name},{label},{2020 + i % 2}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    code, out, _ = run(capsys, "ingest", "--manifest", str(tmp_path / "manifest.csv"), "--quiet", "--json")
+    assert code == 0 and json.loads(out)["added"] == 6
+
+    def search(*argv: str) -> list[dict]:
+        code, out, err = run(capsys, "search", *argv, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    dogs = search("an", "animal", "--filter", "label=dog")
+    assert sorted(h["metadata"]["label"] for h in dogs) == ["dog", "dog", "dog"]
+    either = search("an", "animal", "--filter", "label=dog", "--filter", "label=bird", "--filter", "year=2021")
+    assert {(h["metadata"]["label"], h["metadata"]["year"]) for h in either} == {("dog", "2021"), ("bird", "2021")}
+    by_uri = search("an", "animal", "--uri-prefix", str((tmp_path / "photos" / "cat").resolve()))
+    assert sorted(Path(h["uri"]).name for h in by_uri) == ["cat1.png", "cat4.png"]
+    exact = search("--image", str(tmp_path / "photos" / "bird3.png"), "--min-score", "0.999")
+    assert [Path(h["uri"]).name for h in exact] == ["bird3.png"]
+
+    monkeypatch.setenv("PE_SEARCH_MAX_TOP_K", "2")
+    assert len(search("an", "animal", "-k", "10")) == 2
+    code, _, err = run(capsys, "search", "an", "animal", "--filter", "no-equals-sign")
+    assert code == 2 and "--filter takes KEY=VALUE" in err
+    with pytest.raises(SystemExit):  # argparse refuses it before anything runs
+        main(["search", "an", "animal", "-k", "0"])
+
+
 def test_an_unusable_data_dir_is_a_clear_error(capsys, tmp_path: Path, monkeypatch) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the data dir should be")

@@ -79,7 +79,7 @@ class SearchRequest(BaseModel):
     nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists probed")
 
 
-class SearchHitOut(BaseModel):
+class SearchHit(BaseModel):
     id: int
     score: float
     uri: str
@@ -91,7 +91,7 @@ class SearchHitOut(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    results: list[SearchHitOut]
+    results: list[SearchHit]
     collection: str
     time: float
 

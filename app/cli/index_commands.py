@@ -1,4 +1,4 @@
-"""`pe-search` commands over the image index: ingest, search, collections, stats, delete, reindex, db."""
+"""`pe-search` commands over the image index: ingest, collections, stats, delete, reindex, db (search has its own)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.cli.args import positive_float, positive_int, print_json
+from app.cli.search_command import add_search_command
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -188,7 +189,8 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
         default=1.0,
         help="CPUs reserved per CPU actor, also its torch threads (at least 1); TORCH_THREADS does not apply to actors",
     )
-    ingest.set_defaults(func=cmd_ingest)
+    ingest.set_defaults(func=cmd_ingest, loads_model=True)
+    add_search_command(sub, model_opts)
 
     collections = sub.add_parser("collections", help="list collections")
     collections.add_argument("--json", action="store_true")
@@ -208,7 +210,7 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
     )
     reindex.add_argument("--collection", default="default")
     reindex.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"])
-    reindex.set_defaults(func=cmd_reindex)
+    reindex.set_defaults(func=cmd_reindex, loads_model=True)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

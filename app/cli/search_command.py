@@ -10,36 +10,33 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli.args import print_json, unit_interval
+from app.cli.args import positive_int, print_json, unit_interval
 from app.errors import InvalidInputError
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.services.search import SearchHit, SearchQuery
+    from app.services.search import ScoredImage, SearchQuery
 
 
-def _filter_value(raw: str) -> Any:
-    """`label=dog` is the text "dog"; `year=2024` or `ok=true` are JSON values, as a filter body holds."""
+def _filter_values(raw: str) -> list[Any]:
+    """What `KEY=VALUE` matches: the text, and the number or boolean it spells, since a CSV manifest
+    stores `2021` as text and a JSONL one as a number (typed filters tell the two apart)."""
     try:
-        value = json.loads(raw)
+        typed = json.loads(raw)
     except ValueError:
-        return raw
-    return value if isinstance(value, (str, int, float, bool, list)) else raw
+        return [raw]
+    return [raw, typed] if isinstance(typed, (int, float, bool)) else [raw]
 
 
 def metadata_filter(pairs: list[str]) -> dict[str, Any]:
-    """Repeated `--filter KEY=VALUE`; one key given twice matches either value."""
-    out: dict[str, Any] = {}
+    """Repeated `--filter KEY=VALUE`: every key must match; a key given twice matches either value."""
+    out: dict[str, list[Any]] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise InvalidInputError(f"--filter takes KEY=VALUE, got {pair!r}")
-        value = _filter_value(raw)
-        if key in out:
-            previous = out[key] if isinstance(out[key], list) else [out[key]]
-            value = previous + (value if isinstance(value, list) else [value])
-        out[key] = value
-    return out
+        out.setdefault(key, []).extend(_filter_values(raw))
+    return dict(out)
 
 
 def _query(args: argparse.Namespace) -> SearchQuery | None:
@@ -66,14 +63,15 @@ def _query(args: argparse.Namespace) -> SearchQuery | None:
     return None
 
 
-async def _search(settings: Settings, query: SearchQuery) -> list[SearchHit]:
+async def _search(settings: Settings, query: SearchQuery) -> list[ScoredImage]:
     from app.services.wiring import build_services
 
     services = build_services(settings)
     try:
         hits, _ = await services.search.search(query)
     finally:
-        await services.aclose()
+        # A search writes nothing: the index it caught up is left for the writer to checkpoint.
+        await services.aclose(checkpoint=False)
     return hits
 
 
@@ -97,16 +95,17 @@ def add_search_command(sub: argparse._SubParsersAction, model_opts: argparse.Arg
     search.add_argument("text", nargs="*")
     search.add_argument("--image", help="an image file: find similar ones")
     search.add_argument("--id", type=int, help="a stored image's id: find similar ones")
-    search.add_argument("-k", type=int, default=10, help="results (at most PE_SEARCH_MAX_TOP_K)")
+    search.add_argument("-k", type=positive_int, default=10, help="results (at most PE_SEARCH_MAX_TOP_K)")
     search.add_argument("--collection", default="default")
     search.add_argument(
         "--filter",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="only images whose metadata KEY equals VALUE (repeat a key for any of several values)",
+        help="only images whose metadata KEY is VALUE (as text, or the number or boolean it spells); "
+        "repeat a key for any of several values",
     )
     search.add_argument("--uri-prefix", help="only images whose uri starts with this")
     search.add_argument("--min-score", type=unit_interval, help="only results with at least this cosine")
     search.add_argument("--json", action="store_true")
-    search.set_defaults(func=cmd_search)
+    search.set_defaults(func=cmd_search, loads_model=True)

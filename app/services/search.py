@@ -32,7 +32,7 @@ class SearchQuery:
 
 
 @dataclass(frozen=True)
-class SearchHit:
+class ScoredImage:
     """One result: the stored image and its cosine to the query. The HTTP layer adds its file URL."""
 
     score: float
@@ -52,7 +52,7 @@ class SearchService:
         self.embedder = embedder
         self.max_top_k = max_top_k
 
-    async def search(self, query: SearchQuery) -> tuple[list[SearchHit], Timing]:
+    async def search(self, query: SearchQuery) -> tuple[list[ScoredImage], Timing]:
         if sum(x is not None for x in (query.text, query.image, query.image_id)) != 1:
             raise InvalidInputError("Give exactly one of text, image or image_id.")
         timing = Timing()
@@ -77,7 +77,7 @@ class SearchService:
         started = time.perf_counter()
         images = await run_blocking(self.store.images, [h.id for h in hits])
         timing.fetch = time.perf_counter() - started
-        return [SearchHit(h.score, images[h.id]) for h in hits if h.id in images], timing
+        return [ScoredImage(h.score, images[h.id]) for h in hits if h.id in images], timing
 
     async def _query_vector(self, info: CollectionInfo, query: SearchQuery) -> np.ndarray:
         if query.image_id is not None:

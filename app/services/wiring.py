@@ -60,12 +60,12 @@ class Services:
     def registry(self) -> ModelRegistry:
         return self.encoders.registry
 
-    async def aclose(self) -> None:
-        """Stop the jobs and workers, then close the store (which checkpoints the indexes)."""
+    async def aclose(self, *, checkpoint: bool = True) -> None:
+        """Stop the jobs and workers, then close the store (checkpointing the indexes, unless told not to)."""
         self.jobs.close()
         await self.batcher.close()
         self.runner.close()
-        self.store.close()
+        self.store.close(checkpoint=checkpoint)
 
 
 def build_services(

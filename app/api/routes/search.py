@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query, Response
 from app.api.auth import ReadAccess
 from app.api.deps import SearchDep
 from app.api.schemas import ErrorResponse
-from app.api.store_schemas import SearchHitOut, SearchRequest, SearchResponse
+from app.api.store_schemas import SearchHit, SearchRequest, SearchResponse
 from app.api.urls import file_url
-from app.services.search import SearchHit, SearchQuery, Timing
+from app.services.search import ScoredImage, SearchQuery, Timing
 from index.filters import SearchFilter
 
 router = APIRouter(
@@ -30,9 +30,9 @@ def _server_timing(timing: Timing, total: float) -> str:
     return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in parts.items())
 
 
-def _hit(hit: SearchHit) -> SearchHitOut:
+def _hit(hit: ScoredImage) -> SearchHit:
     image = hit.image
-    return SearchHitOut(
+    return SearchHit(
         id=image.id,
         score=hit.score,
         uri=image.uri,
