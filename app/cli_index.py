@@ -54,8 +54,9 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store):  # noqa: ANN
     """The local engine (threads and one model here) or the Ray engine (a pool of encoder actors)."""
     batch_size = args.batch_size or settings.ingest_batch
     if args.engine == "ray":
-        from app.ingest.ray_engine import RayIngestor, RayOptions
+        from app.ingest.ray_engine import RayIngestor, RayOptions, prepare_ray_process
 
+        prepare_ray_process(local=args.ray_address is None)  # before anything imports Ray in this process
         options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
         model = args.model or store.model_of(args.collection) or settings.model
         return RayIngestor(store=store, settings=settings, model=model, batch_size=batch_size, options=options)

@@ -11,8 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.encoder import PEEncoder
+from app.ingest.ray_setup import prepare_ray_process
 from app.main import create_app
 from app.settings import Settings
+
+# Before any test imports Ray, as the CLI does: a local Ray instance on loopback only, no usage stats.
+prepare_ray_process(local=True)
 
 # `postgres_server` (one real PostgreSQL for the session), `postgres_url` (a fresh database per test)
 # and `db_url` (a test run once on SQLite, once on PostgreSQL).

@@ -31,7 +31,7 @@ from app.encoder import PEEncoder
 from app.fetch import UrlFetcher
 from app.imaging import decode_image
 from app.ingest.pipeline import Ingestor
-from app.ingest.ray_engine import RayIngestError, RayIngestor, RayOptions, connect
+from app.ingest.ray_engine import RayIngestError, RayIngestor, RayOptions, RaySetupError, connect
 from app.ingest.sources import SourceError, folder_items, manifest_items
 from app.settings import Settings
 from index.db import create_db_engine
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 def ray_address() -> Iterator[str]:
     if importlib.util.find_spec("ray") is None and not os.environ.get("PE_SEARCH_REQUIRE_RAY"):
         pytest.skip("Ray is not installed (pip install 'pe-search[ray]')")
-    # connect() before any import of ray: Ray reads its loopback switch when first imported.
+    # conftest prepared this process for Ray (loopback only, no usage stats) before anything imported it.
     started = connect(None, num_cpus=2, object_store_memory=300 * 1024**2)
     import ray
 
@@ -300,6 +300,14 @@ def test_batches_committed_before_the_actors_die_stay_and_a_rerun_resumes(
         assert store.collection("c").count == 12
     finally:
         httpd.shutdown()
+
+
+def test_connect_refuses_a_process_not_prepared_for_a_loopback_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No library call changes the process environment; connect() says what is missing instead of listening wide."""
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    with pytest.raises(RaySetupError, match=r"missing: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER\).*prepare_ray_process"):
+        connect(None)
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 
 
 @pytest.fixture()

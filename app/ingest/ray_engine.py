@@ -7,7 +7,8 @@ once, then reads, decodes, preprocesses (the local engine's Preparer) and embeds
 items: only sha256, sizes, format and a vector (or a failure reason) travel back.
 
 Ray is imported only inside the functions that need it: `EmbedActor` itself runs without
-Ray, so the local test suite and the local engine never require it.
+Ray, so the local test suite and the local engine never require it. Connecting (and the
+process environment that must come first) is in `ray_setup`.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import contextlib
 import importlib.util
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from app.errors import PESearchError
+from app.ingest.ray_setup import (  # noqa: F401 - connect and friends are this engine's API too
+    RaySetupError, RayUnavailableError, cluster_gpus, connect, prepare_ray_process, ray_process_environment,
+)
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
     BatchObserver, IngestSummary, Progress, RunClock, chunks, commit_batch, embed_unique, image_row, unchanged_uris,
@@ -39,11 +41,6 @@ _SKIP_CHUNK = 1024
 # Batches a Ray block holds once the input is large, so the block count (Ray Data keeps state per block) grows
 # with the input / 64 batches rather than with every batch; map_batches still hands actors one batch at a time.
 _BATCHES_PER_BLOCK = 64
-
-
-class RayUnavailableError(PESearchError):
-    def __init__(self) -> None:
-        super().__init__("the Ray engine needs Ray: pip install 'pe-search[ray]'")
 
 
 class RayIngestError(PESearchError):
@@ -114,35 +111,6 @@ class EmbedActor:
                 [blank if isinstance(o, Rejected) else vectors[o.sha256] for o in outcomes]
             ).astype(np.float32, copy=False),
         }
-
-
-def connect(address: str | None = None, **local_options: Any) -> bool:
-    """Join the cluster at `address`, or start a local Ray instance; False if this process was already connected.
-
-    A local instance serves this machine only: all its processes listen on 127.0.0.1, not on
-    the machine's network address. `local_options` (num_cpus, object_store_memory...) apply
-    only to a local start.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home, and no network needed
-    if address is None:
-        # Ray on Linux swaps a loopback node address for the machine's own unless this is off; it reads it
-        # when first imported, here and in every process the instance starts (they inherit the environment).
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailableError() from None
-    if ray.is_initialized():
-        return False
-    options = {"_node_ip_address": "127.0.0.1", **local_options} if address is None else {}
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **options)
-    return True
-
-
-def cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
 
 
 class RayIngestor:
