@@ -57,7 +57,10 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store):  # noqa: ANN
         from app.ingest.ray_engine import RayIngestor, RayOptions, prepare_ray_process
 
         prepare_ray_process(local=args.ray_address is None)  # before anything imports Ray in this process
-        options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
+        options = RayOptions(
+            address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor,
+            stall_timeout=args.ray_stall_timeout,
+        )
         model = args.model or store.model_of(args.collection) or settings.model
         return RayIngestor(store=store, settings=settings, model=model, batch_size=batch_size, options=options)
     from app.fetch import UrlFetcher
@@ -215,6 +218,11 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
     ingest.add_argument(
         "--ray-cpus-per-actor", type=positive_float, default=1.0,
         help="CPUs reserved per CPU actor, also its torch threads (at least 1); TORCH_THREADS does not apply to actors",
+    )
+    ingest.add_argument(
+        "--ray-stall-timeout", type=positive_float, metavar="SECONDS",
+        help="cancel the run (committed batches stay) when no batch completes for this long while an actor is dead "
+        "or restarting (default: 180, or 10 per item of a batch if more)",
     )
     ingest.set_defaults(func=cmd_ingest)
 

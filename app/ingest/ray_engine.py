@@ -8,15 +8,16 @@ items: only sha256, sizes, format and a vector (or a failure reason) travel back
 
 Ray is imported only inside the functions that need it: `EmbedActor` itself runs without
 Ray, so the local test suite and the local engine never require it. Connecting (and the
-process environment that must come first) is in `ray_setup`.
+process environment that must come first) is in `ray_setup`; the stall watchdog in `ray_watch`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
+import itertools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,11 @@ import numpy as np
 
 from app.errors import PESearchError
 from app.ingest.ray_setup import (  # noqa: F401 - connect and friends are this engine's API too
-    RaySetupError, RayUnavailableError, cluster_gpus, connect, prepare_ray_process, ray_process_environment,
+    RaySetupError, RayUnavailableError, cluster_gpus, connect, data_context, in_order_actor_tasks, prepare_ray_process,
+    ray_process_environment,
+)
+from app.ingest.ray_watch import (
+    RayStallError, StallWatch, activate, deactivate, default_stall_timeout, gcs_alive_actors,
 )
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
@@ -44,7 +49,7 @@ _BATCHES_PER_BLOCK = 64
 
 
 class RayIngestError(PESearchError):
-    """The actor pool failed as a whole (an actor could not load the model, a node died).
+    """The actor pool failed as a whole (an actor could not load the model, a node died, the pool stalled).
 
     Batches committed before stay; a re-run skips them and carries on.
     """
@@ -63,6 +68,13 @@ class RayOptions:
     cpus_per_actor: float = 1.0
     # Decode threads inside each actor, ahead of its forward pass.
     decode_threads: int = 2
+    # Seconds with no batch completed, while an actor is dead or restarting, before the run is cancelled
+    # (ray_watch.StallWatch); None: ray_watch.default_stall_timeout(batch_size), a few minutes.
+    stall_timeout: float | None = None
+    # Ray's own recovery, bounded rather than Ray Data's unlimited default: restarts of each actor (killed, out
+    # of memory, node lost), and re-runs of a batch whose actor died under it.
+    max_restarts: int = 3
+    max_task_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
@@ -71,6 +83,11 @@ class RayOptions:
             raise ValueError(f"cpus_per_actor must be above 0, not {self.cpus_per_actor}")
         if self.decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, not {self.decode_threads}")
+        if self.stall_timeout is not None and not 0 < self.stall_timeout < math.inf:
+            raise ValueError(f"stall_timeout must be above 0, not {self.stall_timeout}")
+        for name in ("max_restarts", "max_task_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, not {getattr(self, name)}")
 
 
 class EmbedActor:
@@ -143,12 +160,19 @@ class RayIngestor:
 
         with RunClock(store=self.store, collection=collection, summary=summary, progress=progress) as clock:
             todo = self._to_read(items, info, summary, clock.report)
+            returned = 0
             try:
                 for results in self._embedded(todo) if todo else ():
+                    returned += len(results["n"])
                     self._commit(info, todo, results, summary)
                     clock.committed()
+            except RayStallError as exc:
+                raise RayIngestError(str(exc)) from exc
             except RayError as exc:
                 raise RayIngestError(_last_line(exc)) from exc
+            # A dataset shut down from outside ends like a finished one: never report a partial run as done.
+            if returned != len(todo):
+                raise RayIngestError(f"the actor pool returned {returned} of {len(todo)} items and stopped")
         return summary
 
     def _to_read(
@@ -185,11 +209,21 @@ class RayIngestor:
         blocks = block_count(len(todo), batch_size=self.batch_size, actors=actors)
         # GPU actors keep Ray's thread default; a CPU actor's torch threads match the CPUs it reserved.
         threads = 0 if gpus else max(1, int(self.options.cpus_per_actor))
+        watch = StallWatch(
+            timeout=self.options.stall_timeout or default_stall_timeout(self.batch_size), items=len(todo),
+            actors=actors, gcs_alive=lambda: gcs_alive_actors("EmbedActor"),
+        )
         rows = [
             {"n": n, "uri": item.uri, "path": str(item.path) if item.path else "", "url": item.url or ""}
             for n, item in enumerate(todo)
         ]
-        with _data_context(preserve_order=True, progress_bars=False):  # the caller's Progress reports instead
+        with (
+            data_context(preserve_order=True, progress_bars=False),  # the caller's Progress reports instead
+            warnings.catch_warnings(),
+        ):
+            # Ray 2.60 deprecates map_batches' extra remote args but has no named parameter for the restart and
+            # retry limits below yet; they are the only way to set them (revisit before Ray 2.64 removes them).
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
             dataset = ray.data.from_items(rows, override_num_blocks=blocks)
             del rows  # now in Ray's object store
             dataset = dataset.map_batches(
@@ -204,12 +238,25 @@ class RayIngestor:
                 # GPU actors where the cluster has GPUs; else CPU actors sized by cpus_per_actor.
                 num_gpus=1 if gpus else None,
                 num_cpus=None if gpus else self.options.cpus_per_actor,
+                max_restarts=self.options.max_restarts,
+                max_task_retries=self.options.max_task_retries,
+                **in_order_actor_tasks(),
             )
         log.info("Ray ingest: %d items in %d blocks over %d %s actors", len(todo), blocks, actors, "GPU" if gpus else "CPU")
         # No prefetch: Ray Data's prefetcher holds results back until it has that many more blocks, so a batch
         # would wait for later ones before its commit (and be lost with them if an actor then fails).
         # The pool works ahead anyway; the driver's commit is short beside an actor's batch.
-        yield from dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=0)
+        token = activate(watch)  # the executor, which the first next() starts in this thread, reports to it
+        try:
+            batches = iter(dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=0))
+            first = next(batches, None)
+        finally:
+            deactivate(token)  # here, not at the generator's end: that may run in another thread, or never
+        if not watch.attached:
+            log.warning("Ray ingest: the stall watchdog did not attach to this Ray Data; a stalled pool would hang")
+        for results in itertools.chain([first] if first is not None else [], batches):
+            watch.received(len(results["n"]))
+            yield results
 
     def _commit(self, info: CollectionInfo, todo: list[SourceItem], results: dict[str, np.ndarray], summary: IngestSummary) -> None:
         rows, failures = [], []
@@ -247,20 +294,3 @@ def _for_workers(settings: Settings, *, torch_threads: int) -> Settings:
     return settings.model_copy(
         update={"api_keys": "", "read_api_keys": "", "api_keys_file": None, "torch_threads": torch_threads}
     )
-
-
-@contextlib.contextmanager
-def _data_context(*, preserve_order: bool, progress_bars: bool) -> Iterator[None]:
-    """Ray Data options for the datasets built inside; each dataset keeps a copy, the process default is restored."""
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
-    # In order, so duplicates resolve to the same first uri and ids come out as in the local engine.
-    context.execution_options.preserve_order = preserve_order
-    context.enable_progress_bars = progress_bars
-    try:
-        yield
-    finally:
-        context.execution_options.preserve_order, context.enable_progress_bars = saved
-

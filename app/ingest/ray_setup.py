@@ -1,4 +1,4 @@
-"""Ray's process environment and connection: a local instance on 127.0.0.1 only, and no usage stats sent.
+"""Ray's process environment, connection and dataset options: a local instance on 127.0.0.1 only, no usage stats.
 
 Ray reads two switches from the environment, and one of them only when it is first imported, so
 they cannot be set from inside a library call that may run after some other code imported Ray:
@@ -14,9 +14,12 @@ before anything imports Ray; `connect` checks that it did rather than changing t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from functools import cache
 from typing import Any
 
 from app.errors import PESearchError
@@ -93,3 +96,43 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+@cache
+def in_order_actor_tasks() -> dict[str, bool]:
+    """Actor tasks run in the order given, where this Ray has the option (recent Ray Data picks out-of-order).
+
+    Results come back in input order anyway; run in order, each batch is committed as soon as it is done,
+    instead of waiting behind an earlier one still queued on the same actor (and lost with it if that dies).
+    """
+    import ray
+
+    try:
+        ray.remote(allow_out_of_order_execution=False)(type("_Probe", (), {}))  # validates the option, starts nothing
+    except (TypeError, ValueError):
+        return {}
+    return {"allow_out_of_order_execution": False}
+
+
+@contextlib.contextmanager
+def data_context(*, preserve_order: bool, progress_bars: bool) -> Iterator[None]:
+    """Ray Data options for the datasets built inside; each dataset keeps a copy, the process default is restored."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+    callbacks = getattr(context, "custom_execution_callback_classes", None)
+    # In order, so duplicates resolve to the same first uri and ids come out as in the local engine.
+    context.execution_options.preserve_order = preserve_order
+    context.enable_progress_bars = progress_bars
+    if callbacks is not None:  # the engine's stall watchdog (ray_watch), in Ray Data's loop
+        from app.ingest.ray_callback import WatchCallback
+
+        context.custom_execution_callback_classes = [*callbacks, WatchCallback]
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
+        if callbacks is not None:
+            context.custom_execution_callback_classes = callbacks
+
