@@ -23,6 +23,9 @@ __all__ = [
     "ModelUnavailableError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RayIngestError",
+    "RaySetupError",
+    "RayUnavailableError",
     "PermissionDeniedError",
     "PESearchError",
     "SourceError",
@@ -93,3 +96,23 @@ class UnsupportedMediaError(PESearchError):
 
 class SourceError(InvalidInputError):
     """An ingest source that cannot be read at all (a missing folder, a manifest without a path column)."""
+
+
+class RayUnavailableError(PESearchError):
+    def __init__(self) -> None:
+        super().__init__("the Ray engine needs Ray: pip install 'pe-search[ray]'")
+
+
+class RaySetupError(PESearchError):
+    """This process's environment would let a local Ray instance listen beyond loopback, or send usage stats."""
+
+
+class RayIngestError(PESearchError):
+    """The actor pool failed as a whole (an actor could not load the model, a node died, the pool stalled).
+
+    Batches committed before stay; a re-run skips them and carries on.
+    """
+
+    def __init__(self, cause: str) -> None:
+        self.cause = cause
+        super().__init__(f"the Ray ingest stopped; what was committed stays, re-run to resume: {cause}")

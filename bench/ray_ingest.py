@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/ray.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from app.ingest.ray_engine import connect
+    from app.ingest.ray_setup import connect, prepare_ray_process
     from app.settings import Settings
+
+    prepare_ray_process(local=True)  # this bench's process start, before Ray is imported
 
     count = 48 if args.quick else args.images
     size = tuple(int(v) for v in args.size.split("x"))

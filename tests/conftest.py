@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
+from app.ingest.ray_setup import prepare_ray_process
 from app.model.encoder import PEEncoder
 from app.settings import Settings
 from tests.support import pg
@@ -32,6 +33,8 @@ from tests.support.constants import (
     WRITE_KEY,
 )
 
+# Before any test imports Ray, as the CLI does: a local Ray instance on loopback only, no usage stats.
+prepare_ray_process(local=True)
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -3,7 +3,8 @@
 One Ray instance serves the module (2 CPUs, a small object store, on loopback only); each run
 starts its own pool of encoder actors (the real PE-Core architecture, random weights), as a
 user's run does. Without Ray the module is skipped, unless PE_SEARCH_REQUIRE_RAY is set (CI sets
-it, so a missing Ray fails the run).
+it, so a missing Ray fails the run). Each test has a time limit, and when one passes it, the
+failure shows the threads' stacks and what Ray had in flight: a hang fails fast, it never eats CI.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -24,32 +24,51 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
 from app.cli import main as cli_main
-from app.model.encoder import PEEncoder
-from app.media.fetch import UrlFetcher
+from app.errors import RayIngestError, RaySetupError
+from app.ingest.ray_engine import RayIngestor, RayOptions
+from app.ingest.ray_setup import connect
+from app.ingest.ray_watch import PoolState, StallWatch
 from app.media.decode import decode_image
-from app.ingest.pipeline import Ingestor
-from app.ingest.ray_engine import RayIngestError, RayIngestor, RayOptions, connect
+from app.model.encoder import PEEncoder
 from app.ingest.sources import SourceError, folder_items, manifest_items
 from app.settings import Settings
 from index.db import create_db_engine
-from index.models import Image, Source
 from index.store import VectorStore
 from tests.support.constants import TEST_MODEL
 from tests.support.images import encode, photo
+from tests.support.ray_runs import (
+    HeldServer, arm_state_dump, contents, extra_node, held_web, kill_actor, local_run, make_photos, open_store,
+    pool_actor_ids, ranked, ray_run, ray_state, wait_for, without_timing,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-# Ray Data warns about its own deprecated options whenever it copies its context; nothing of ours.
-pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")]
+# Far above what any test here needs on a busy 2-core machine (the slowest takes about a minute).
+RAY_TEST_TIMEOUT_S = 240
+# The stall timeout of the tests that stop a pool: short, since what they wait for never comes.
+STALL_S = 5.0
+pytestmark = [
+    pytest.mark.ray,
+    # Ray Data warns about its own deprecated options whenever it copies its context; nothing of ours.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
+    pytest.mark.timeout(RAY_TEST_TIMEOUT_S),
+]
+
+
+@pytest.fixture(autouse=True)
+def ray_state_before_a_timeout() -> Iterator[None]:
+    """pytest-timeout prints the threads' stacks; this prints Ray's nodes and actors shortly before it fires."""
+    timer = arm_state_dump(RAY_TEST_TIMEOUT_S - 15)
+    yield
+    timer.cancel()
 
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     if importlib.util.find_spec("ray") is None and not os.environ.get("PE_SEARCH_REQUIRE_RAY"):
         pytest.skip("Ray is not installed (pip install 'pe-search[ray]')")
-    # connect() before any import of ray: Ray reads its loopback switch when first imported.
+    # conftest prepared this process for Ray (loopback only, no usage stats) before anything imported it.
     started = connect(None, num_cpus=2, object_store_memory=300 * 1024**2)
     import ray
 
@@ -60,64 +79,6 @@ def ray_address() -> Iterator[str]:
     yield address
     if started:
         ray.shutdown()
-
-
-def make_photos(root: Path) -> list[Path]:
-    """10 distinct JPEG and PNG photos in nested folders, a byte-identical copy of one, and a broken JPEG."""
-    paths = []
-    for i in range(10):
-        fmt, ext = ("PNG", "png") if i % 3 == 0 else ("JPEG", "jpg")
-        path = root / ("a/b" if i % 2 else "") / f"photo{i}.{ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(photo(160 + 8 * i, 120, seed=700 + i), fmt))
-        paths.append(path)
-    shutil.copy(paths[4], root / "z_copy_of_photo4.jpg")
-    (root / "broken.jpg").write_bytes(encode(photo(160, 120, seed=1), "JPEG")[:300])
-    return paths
-
-
-def open_store(root: Path) -> VectorStore:
-    root.mkdir(parents=True, exist_ok=True)
-    return VectorStore(engine=create_db_engine(f"sqlite:///{root / 'meta.db'}"), index_dir=root / "indexes").open()
-
-
-def local_run(store: VectorStore, encoder: PEEncoder, settings: Settings, items, collection: str = "c"):  # noqa: ANN001, ANN201
-    ingestor = Ingestor(store=store, encoder=encoder, fetcher=UrlFetcher(settings.url_policy()), batch_size=4, workers=2)
-    return ingestor.run(items, collection=collection)
-
-
-def ray_run(store: VectorStore, settings: Settings, items, collection: str = "c", actors: int | None = None):  # noqa: ANN001, ANN201
-    ingestor = RayIngestor(store=store, settings=settings, model=TEST_MODEL, batch_size=4, options=RayOptions(actors=actors))
-    return ingestor.run(items, collection=collection)
-
-
-def contents(store: VectorStore, collection: str = "c") -> dict:
-    """Everything a user sees of a collection, keyed by content and uri (not by database id)."""
-    info = store.collection(collection)
-    with store.sessions() as session:
-        images = session.scalars(select(Image).where(Image.collection_id == info.id)).all()
-        sources = session.scalars(select(Source).where(Source.collection_id == info.id)).all()
-        sha_of = {image.id: image.sha256 for image in images}
-        return {
-            "images": {i.sha256: (i.uri, i.width, i.height, i.format, i.byte_size, i.meta) for i in images},
-            "sources": {s.uri: (sha_of[s.image_id], s.size, s.mtime, s.root) for s in sources},
-            "vectors": {i.sha256: np.frombuffer(i.vector, dtype=np.float32) for i in images},
-            "failures": sorted(store.failures(info.id)),
-            "info": (info.model, info.dim, info.count, info.indexed),
-        }
-
-
-def without_timing(summary) -> dict:  # noqa: ANN001 - IngestSummary
-    result = summary.to_dict()
-    del result["seconds"], result["images_per_second"]
-    return result
-
-
-def ranked(store: VectorStore, query: np.ndarray, k: int = 5) -> list[tuple[str, float]]:
-    info = store.collection("c")
-    hits = store.search(info.id, query, k)
-    images = store.images([h.id for h in hits])
-    return [(images[h.id].uri, h.score) for h in hits]
 
 
 def test_ray_engine_stores_what_the_local_engine_stores(
@@ -225,81 +186,167 @@ def test_actors_that_cannot_load_the_model_stop_the_run_with_the_cause(
     assert (info.count, len(store.failures(info.id))) == (0, 0)
 
 
+@pytest.fixture()
+def held(tmp_path: Path) -> Iterator[HeldServer]:
+    """8 JPEGs behind a loopback server whose answers wait until the test releases them."""
+    server = held_web(tmp_path / "web")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 def test_batches_committed_before_the_actors_die_stay_and_a_rerun_resumes(
-    tmp_path: Path, ray_address: str, settings: Settings
+    tmp_path: Path, ray_address: str, settings: Settings, held: HeldServer
 ) -> None:
-    """The actor killed mid-run (as by the OOM killer) and its restart unable to load the model: the run stops
+    """The actor killed mid-batch (as by the OOM killer) and its restart unable to load the model: the run ends
     with the cause, the batch committed before stays stored and indexed, and a re-run reads only the rest."""
     import open_clip
-    import ray
     import torch
 
     from app.model.variants import get_variant
 
-    paths = make_photos(tmp_path / "photos")
-    web = tmp_path / "web"
-    web.mkdir()
-    for i in range(8):
-        (web / f"w{i}.jpg").write_bytes(encode(photo(120 + 4 * i, 100, seed=4000 + i), "JPEG"))
-    release = threading.Event()
-
-    class HeldHandler(SimpleHTTPRequestHandler):
-        """Serves the folder once released: the actor stays busy on the URL batches until the test has killed it."""
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            release.wait(timeout=300)
-            super().do_GET()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(HeldHandler, directory=str(web)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    # One batch of 4 files, then two batches of URLs: with batches of 4, the files are committed first.
-    lines = ["path"] + [str(p) for p in paths[:4]] + [f"{base}/w{i}.jpg" for i in range(8)]
+    paths, server = make_photos(tmp_path / "photos"), held
+    # One batch of 4 files, then two of held URLs: one actor runs its batches in order, so the files come first.
+    lines = ["path"] + [str(p) for p in paths[:4]] + [f"{server.base}/w{i}.jpg" for i in range(8)]
     (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
     weights = tmp_path / "t16.pt"
     model = open_clip.create_model(get_variant(TEST_MODEL).open_clip_name, pretrained=None)
     torch.save(model.state_dict(), weights)
-    from_file = settings.model_copy(update={
-        "weights": str(weights), "url_allow_http": True, "url_allow_ip_hosts": True, "url_allow_private_hosts": True,
-        # The held URLs must still be in flight when the actor is killed, however slow the machine:
-        # with the default 15 s read timeout, a slow CI run saw them fail first and commit a batch of failures.
-        "url_read_timeout": 600.0,
-    })
+    # A held URL must outlast the kill however slow the machine (at the default 15 s read timeout, a slow CI
+    # once saw it fail first and commit a batch of failures); the server lets go when the run has ended.
+    from_file = settings.model_copy(update={"weights": str(weights), "url_read_timeout": 600.0})
     store = open_store(tmp_path / "store")
     committed: list[int] = []
 
-    def kill_the_actor_after_the_first_batch(collection: str, stored: int, failed: int) -> None:
+    def kill_the_actor_while_it_fetches_the_second_batch(collection: str, stored: int, failed: int) -> None:
         committed.append(stored)
         if len(committed) == 1:
+            wait_for(server.requested.is_set, "the actor fetching a held URL of the second batch")
             weights.unlink()  # the restarted actor cannot load the model any more
-            # The GCS actor table (no dashboard here for ray.util.state): the pool's live actor and its pid.
-            table = list(ray._private.state.actors(actor_state_name="ALIVE").values())
-            pids = [actor["Pid"] for actor in table if "MapWorker" in actor["ActorClassName"]]
-            assert len(pids) == 1, [actor["ActorClassName"] for actor in table]
-            os.kill(pids[0], signal.SIGKILL)
+            ids = wait_for(pool_actor_ids, "the pool's actor alive")
+            assert len(ids) == 1, ray_state()
+            kill_actor(ids[0], restart=True)
 
     ingestor = RayIngestor(
-        store=store, settings=from_file, model=TEST_MODEL, batch_size=4, options=RayOptions(actors=1),
-        on_batch=kill_the_actor_after_the_first_batch,
+        store=store, settings=from_file, model=TEST_MODEL, batch_size=4,
+        # A stall timeout well above a restart's model load here, so that Ray's own outcome shows.
+        options=RayOptions(actors=1, stall_timeout=60), on_batch=kill_the_actor_while_it_fetches_the_second_batch,
     )
     try:
-        with pytest.raises(RayIngestError, match="re-run to resume"):
+        # Ray's own error names the cause; where Ray would wait instead (as the issue saw), the watchdog ends it.
+        with pytest.raises(RayIngestError, match="re-run to resume: .*(Checkpoint file not found|stalled: no batch)"):
             ingestor.run(manifest_items(tmp_path / "manifest.csv"), collection="c")
     finally:
-        release.set()
-    try:
-        assert committed == [4]
-        info = store.collection("c")
-        assert (info.count, info.indexed) == (4, 4)
-        # The checkpoint on the way out holds the committed batch: a fresh process finds it indexed.
-        assert open_store(tmp_path / "store").collection("c").indexed == 4
+        server.release.set()
+    assert committed == [4]
+    info = store.collection("c")
+    assert (info.count, info.indexed) == (4, 4)
+    # The checkpoint on the way out holds the committed batch: a fresh process finds it indexed.
+    assert open_store(tmp_path / "store").collection("c").indexed == 4
 
-        torch.save(model.state_dict(), weights)
-        again = ray_run(store, from_file, manifest_items(tmp_path / "manifest.csv"))
-        assert (again.unchanged, again.added, again.failed) == (4, 8, [])
-        assert store.collection("c").count == 12
+    torch.save(model.state_dict(), weights)
+    again = ray_run(store, from_file, manifest_items(tmp_path / "manifest.csv"))
+    assert (again.unchanged, again.added, again.failed) == (4, 8, [])
+    assert store.collection("c").count == 12
+
+
+def test_a_pool_whose_actor_cannot_come_back_ends_the_run_after_the_stall_timeout_and_a_rerun_resumes(
+    tmp_path: Path, ray_address: str, settings: Settings, held: HeldServer
+) -> None:
+    """The node of the only actor lost, and no room left for its restart: Ray would wait for ever. The watchdog
+    cancels the run once no batch came for the stall timeout, with what it saw; the batch committed before stays,
+    and a re-run, with room again, reads only the rest."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    paths, server = make_photos(tmp_path / "photos"), held
+    lines = ["path"] + [str(p) for p in paths[:4]] + [f"{server.base}/w{i}.jpg" for i in range(8)]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    slow_web = settings.model_copy(update={"url_read_timeout": 600.0})
+    store = open_store(tmp_path / "store")
+    committed: list[int] = []
+    # The head's 2 CPUs taken: the pool's actor can only start on the extra node, and restart nowhere once it is gone.
+    head_full = placement_group([{"CPU": 2}])
+    try:
+        wait_for(lambda: head_full.wait(timeout_seconds=1), "the head's CPUs reserved")
+        with extra_node(ray_address, num_cpus=1) as node:
+
+            def lose_the_node_while_the_actor_fetches_the_second_batch(collection: str, stored: int, _: int) -> None:
+                committed.append(stored)
+                if len(committed) == 1:
+                    wait_for(server.requested.is_set, "the actor fetching a held URL of the second batch")
+                    node.lose()
+
+            ingestor = RayIngestor(
+                store=store, settings=slow_web, model=TEST_MODEL, batch_size=4,
+                options=RayOptions(actors=1, stall_timeout=STALL_S),
+                on_batch=lose_the_node_while_the_actor_fetches_the_second_batch,
+            )
+            started = time.monotonic()
+            with pytest.raises(RayIngestError, match=(
+                r"re-run to resume: stalled: no batch completed in \d+ s while 0 of 1 actors alive \(1 restarting, "
+                r"0 starting\), [12] batch(es)? in flight \(--ray-stall-timeout 5\)"
+            )):
+                ingestor.run(manifest_items(tmp_path / "manifest.csv"), collection="c")
+            waited = time.monotonic() - started
     finally:
-        httpd.shutdown()
+        server.release.set()
+        remove_placement_group(head_full)
+    assert committed == [4]
+    assert waited >= STALL_S
+    info = store.collection("c")
+    assert (info.count, info.indexed, store.failures(info.id)) == (4, 4, [])
+    # Nothing of the cancelled pool lingers: no actor of this job is alive or restarting.
+    wait_for(lambda: not pool_actor_ids(states=("ALIVE", "RESTARTING", "PENDING_CREATION")), "the pool gone")
+
+    again = ray_run(store, slow_web, manifest_items(tmp_path / "manifest.csv"))
+    assert (again.unchanged, again.added, again.failed) == (4, 8, [])
+    assert store.collection("c").count == 12
+
+
+def test_the_stall_watch_cancels_a_pool_only_when_it_has_no_live_way_forward() -> None:
+    """Against a clock the test moves: slow but alive goes on for ever; dead or restarting ends after the timeout."""
+    now = [0.0]
+
+    def watch(**kwargs: object) -> tuple[StallWatch, object]:
+        w = StallWatch(timeout=60, items=12, actors=2, clock=lambda: now[0], **kwargs)
+
+        def at(t: float, *state: int, gcs: int | None = None) -> str | None:
+            now[0] = t
+            return w.check(PoolState(*state, gcs_alive=gcs))
+
+        return w, at
+
+    now[0] = 0.0
+    _, at = watch()  # PoolState(alive, restarting, pending, in flight, finished tasks)
+    assert at(5000, 2, 0, 0, 2, 0) is None  # both alive, a batch slower than any timeout: never a stall
+    now[0] = 0.0
+    w, at = watch()
+    assert at(10, 2, 0, 0, 2, 0) is None
+    assert at(50, 1, 1, 0, 2, 1) is None  # one restarting, the other finished a batch at 50 s
+    w.received(4)
+    assert at(109, 1, 1, 0, 2, 1) is None  # 59 s without a batch
+    assert at(111, 1, 1, 0, 2, 1) == (
+        "stalled: no batch completed in 61 s while 1 of 2 actors alive (1 restarting, 0 starting), "
+        "2 batches in flight (--ray-stall-timeout 60)"
+    )
+    now[0] = 0.0
+    _, at = watch()
+    assert at(239, 0, 0, 2, 0, 0) is None  # starting (model loads, maybe a download): 4 timeouts
+    assert "no encoder actor came up in 240 s (0 of 2 actors alive (0 restarting, 2 starting)" in at(241, 0, 0, 2, 0, 0)
+    now[0] = 0.0
+    w, at = watch(gcs_alive=lambda: 0)
+    assert at(1, 1, 0, 0, 1, 0) is None
+    assert "1 of 2 actors alive" in at(70, 1, 0, 0, 1, 0) and "Ray's actor table has 0 alive" in at(80, 1, 0, 0, 1, 0)
+    assert at(500, 0, 0, 0, 0, 1) is None  # nothing in flight, no actor starting: the pool is done, not stalled
+
+
+def test_connect_refuses_a_process_not_prepared_for_a_loopback_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No library call changes the process environment; connect() says what is missing instead of listening wide."""
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    with pytest.raises(RaySetupError, match=r"missing: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER\).*prepare_ray_process"):
+        connect(None)
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 
 
 @pytest.fixture()
@@ -405,6 +452,7 @@ def test_parquet_binary_columns_stay_out_of_the_metadata(tmp_path: Path, caplog:
         ("--ray-cpus-per-actor", "one", "argument --ray-cpus-per-actor: expected a number, got 'one'"),
         ("--ray-actors", "-2", "argument --ray-actors: must be at least 1, got -2"),
         ("--ray-actors", "1.5", "argument --ray-actors: expected a whole number, got '1.5'"),
+        ("--ray-stall-timeout", "0", "argument --ray-stall-timeout: must be above 0, got 0"),
     ],
 )
 def test_ray_options_out_of_range_are_refused_with_the_reason(

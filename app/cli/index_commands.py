@@ -27,7 +27,7 @@ def _store(settings: Settings) -> VectorStore:
 
 
 def load_encoder(settings: Settings, model: str | None = None) -> PEEncoder:
-    from app.services.wiring import build_encoders
+    from app.runtime.encoders import build_encoders
 
     return build_encoders(settings).registry.get(model)
 
@@ -37,12 +37,19 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store: VectorStore) 
     batch_size = args.batch_size or settings.ingest_batch
     if args.engine == "ray":
         from app.ingest.ray_engine import RayIngestor, RayOptions
+        from app.ingest.ray_setup import prepare_ray_process
 
-        options = RayOptions(address=args.ray_address, actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor)
+        prepare_ray_process(local=args.ray_address is None)  # before anything imports Ray in this process
+        options = RayOptions(
+            address=args.ray_address,
+            actors=args.ray_actors,
+            cpus_per_actor=args.ray_cpus_per_actor,
+            stall_timeout=args.ray_stall_timeout,
+        )
         model = args.model or store.model_of(args.collection) or settings.model
         return RayIngestor(store=store, settings=settings, model=model, batch_size=batch_size, options=options)
     from app.ingest.pipeline import Ingestor
-    from app.services.wiring import build_encoders
+    from app.runtime.encoders import build_encoders
 
     encoders = build_encoders(settings)
     encoder = encoders.registry.get(args.model or store.model_of(args.collection))
@@ -120,8 +127,8 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     current = store.collection(args.collection)
     if args.model and args.model != current.model:
         from app.media.uploads import UploadFiles
+        from app.runtime.encoders import build_encoders
         from app.services.reembed import reembed_collection
-        from app.services.wiring import build_encoders
 
         encoders = build_encoders(settings)
         result = reembed_collection(
@@ -188,6 +195,13 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
         type=positive_float,
         default=1.0,
         help="CPUs reserved per CPU actor, also its torch threads (at least 1); TORCH_THREADS does not apply to actors",
+    )
+    ingest.add_argument(
+        "--ray-stall-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="cancel the run (committed batches stay) when no batch completes for this long while an actor is dead "
+        "or restarting (default: 180, or 10 per item of a batch if more)",
     )
     ingest.set_defaults(func=cmd_ingest, loads_model=True)
     add_search_command(sub, model_opts)

@@ -7,25 +7,33 @@ once, then reads, decodes, preprocesses (the local engine's Preparer) and embeds
 items: only sha256, sizes, format and a vector (or a failure reason) travel back.
 
 Ray is imported only inside the functions that need it: `EmbedActor` itself runs without
-Ray, so the local test suite and the local engine never require it.
+Ray, so the local test suite and the local engine never require it. Connecting (and the
+process environment that must come first) is in `ray_setup`; the stall watchdog in `ray_watch`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
+import itertools
 import logging
 import math
-import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from app.errors import PESearchError
+from app.errors import RayIngestError, RayUnavailableError
+from app.ingest.ray_actor import EmbedActor
+from app.ingest.ray_setup import cluster_gpus, connect, data_context, in_order_actor_tasks
+from app.ingest.ray_watch import (
+    RayStallError,
+    StallWatch,
+    activate,
+    deactivate,
+    default_stall_timeout,
+    gcs_alive_actors,
+)
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
     BatchObserver,
@@ -34,35 +42,19 @@ from app.ingest.writer import (
     RunClock,
     chunks,
     commit_batch,
-    embed_unique,
     image_row,
     unchanged_uris,
 )
 from app.model.variants import get_variant
 from app.settings import Settings
-from index.store import CollectionInfo, VectorStore
+from index.dto import CollectionInfo
+from index.store import VectorStore
 
 log = logging.getLogger(__name__)
 _SKIP_CHUNK = 1024
 # Batches a Ray block holds once the input is large, so the block count (Ray Data keeps state per block) grows
 # with the input / 64 batches rather than with every batch; map_batches still hands actors one batch at a time.
 _BATCHES_PER_BLOCK = 64
-
-
-class RayUnavailableError(PESearchError):
-    def __init__(self) -> None:
-        super().__init__("the Ray engine needs Ray: pip install 'pe-search[ray]'")
-
-
-class RayIngestError(PESearchError):
-    """The actor pool failed as a whole (an actor could not load the model, a node died).
-
-    Batches committed before stay; a re-run skips them and carries on.
-    """
-
-    def __init__(self, cause: str) -> None:
-        self.cause = cause
-        super().__init__(f"the Ray ingest stopped; what was committed stays, re-run to resume: {cause}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +66,13 @@ class RayOptions:
     cpus_per_actor: float = 1.0
     # Decode threads inside each actor, ahead of its forward pass.
     decode_threads: int = 2
+    # Seconds with no batch completed, while an actor is dead or restarting, before the run is cancelled
+    # (ray_watch.StallWatch); None: ray_watch.default_stall_timeout(batch_size), a few minutes.
+    stall_timeout: float | None = None
+    # Ray's own recovery, bounded rather than Ray Data's unlimited default: restarts of each actor (killed, out
+    # of memory, node lost), and re-runs of a batch whose actor died under it.
+    max_restarts: int = 3
+    max_task_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
@@ -82,75 +81,11 @@ class RayOptions:
             raise ValueError(f"cpus_per_actor must be above 0, not {self.cpus_per_actor}")
         if self.decode_threads < 1:
             raise ValueError(f"decode_threads must be at least 1, not {self.decode_threads}")
-
-
-class EmbedActor:
-    """One actor of the pool: a PEEncoder loaded once, then batches of items read, decoded and embedded.
-
-    Settings travel in explicitly (an actor is another process, maybe on another machine):
-    weights source, device, cache dir and URL policy are the driver's.
-    """
-
-    def __init__(self, *, settings: Settings, model: str, decode_threads: int = 2) -> None:
-        from app.ingest.pipeline import Preparer
-        from app.media.fetch import UrlFetcher
-        from app.model.registry import ModelRegistry
-
-        self.encoder = ModelRegistry(settings).get(model)
-        self.preparer = Preparer(
-            encoder=self.encoder, fetcher=UrlFetcher(settings.url_policy()), jpeg_draft=settings.ingest_jpeg_draft
-        )
-        self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="pe-ray-decode")
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [
-            SourceItem(uri=str(uri), path=Path(path) if path else None, url=str(url) if url else None)
-            for uri, path, url in zip(batch["uri"], batch["path"], batch["url"], strict=True)
-        ]
-        outcomes = list(self.pool.map(self.preparer.prepare, items))
-        vectors = embed_unique(self.encoder, [(o.sha256, o.pixels) for o in outcomes if not isinstance(o, Rejected)])
-        blank = np.zeros(self.encoder.variant.dim, dtype=np.float32)
-        return {
-            "n": np.asarray(batch["n"]),
-            "error": np.array([o.reason if isinstance(o, Rejected) else "" for o in outcomes], dtype=object),
-            "sha256": np.array([getattr(o, "sha256", "") for o in outcomes], dtype=object),
-            "width": np.array([getattr(o, "width", 0) for o in outcomes], dtype=np.int64),
-            "height": np.array([getattr(o, "height", 0) for o in outcomes], dtype=np.int64),
-            "format": np.array([getattr(o, "format", None) or "" for o in outcomes], dtype=object),
-            "byte_size": np.array([getattr(o, "byte_size", 0) for o in outcomes], dtype=np.int64),
-            "vector": np.stack(
-                [blank if isinstance(o, Rejected) else vectors[o.sha256] for o in outcomes]
-            ).astype(np.float32, copy=False),
-        }
-
-
-def connect(address: str | None = None, **local_options: Any) -> bool:
-    """Join the cluster at `address`, or start a local Ray instance; False if this process was already connected.
-
-    A local instance serves this machine only: all its processes listen on 127.0.0.1, not on
-    the machine's network address. `local_options` (num_cpus, object_store_memory...) apply
-    only to a local start.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home, and no network needed
-    if address is None:
-        # Ray on Linux swaps a loopback node address for the machine's own unless this is off; it reads it
-        # when first imported, here and in every process the instance starts (they inherit the environment).
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailableError() from None
-    if ray.is_initialized():
-        return False
-    options = {"_node_ip_address": "127.0.0.1", **local_options} if address is None else {}
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **options)
-    return True
-
-
-def cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
+        if self.stall_timeout is not None and not 0 < self.stall_timeout < math.inf:
+            raise ValueError(f"stall_timeout must be above 0, not {self.stall_timeout}")
+        for name in ("max_restarts", "max_task_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, not {getattr(self, name)}")
 
 
 class RayIngestor:
@@ -175,7 +110,9 @@ class RayIngestor:
         self.options = options or RayOptions()
         self.on_batch = on_batch
 
-    def run(self, items: Iterable[SourceItem | Rejected], *, collection: str, progress: Progress | None = None) -> IngestSummary:
+    def run(
+        self, items: Iterable[SourceItem | Rejected], *, collection: str, progress: Progress | None = None
+    ) -> IngestSummary:
         connect(self.options.address)
         info = self.store.ensure_collection(collection, model=self.variant.version_id, dim=self.variant.dim)
         summary = IngestSummary()
@@ -183,16 +120,27 @@ class RayIngestor:
 
         with RunClock(store=self.store, collection=collection, summary=summary, progress=progress) as clock:
             todo = self._to_read(items, info, summary, clock.report)
+            returned = 0
             try:
                 for results in self._embedded(todo) if todo else ():
+                    returned += len(results["n"])
                     self._commit(info, todo, results, summary)
                     clock.committed()
+            except RayStallError as exc:
+                raise RayIngestError(str(exc)) from exc
             except RayError as exc:
                 raise RayIngestError(_last_line(exc)) from exc
+            # A dataset shut down from outside ends like a finished one: never report a partial run as done.
+            if returned != len(todo):
+                raise RayIngestError(f"the actor pool returned {returned} of {len(todo)} items and stopped")
         return summary
 
     def _to_read(
-        self, items: Iterable[SourceItem | Rejected], info: CollectionInfo, summary: IngestSummary, report: Callable[[], None]
+        self,
+        items: Iterable[SourceItem | Rejected],
+        info: CollectionInfo,
+        summary: IngestSummary,
+        report: Callable[[], None],
     ) -> list[SourceItem]:
         """The items the actors must read; unchanged ones are counted and refused ones committed on the way."""
         todo: list[SourceItem] = []
@@ -225,17 +173,30 @@ class RayIngestor:
         blocks = block_count(len(todo), batch_size=self.batch_size, actors=actors)
         # GPU actors keep Ray's thread default; a CPU actor's torch threads match the CPUs it reserved.
         threads = 0 if gpus else max(1, int(self.options.cpus_per_actor))
+        watch = StallWatch(
+            timeout=self.options.stall_timeout or default_stall_timeout(self.batch_size),
+            items=len(todo),
+            actors=actors,
+            gcs_alive=lambda: gcs_alive_actors("EmbedActor"),
+        )
         rows = [
             {"n": n, "uri": item.uri, "path": str(item.path) if item.path else "", "url": item.url or ""}
             for n, item in enumerate(todo)
         ]
-        with _data_context(preserve_order=True, progress_bars=False):  # the caller's Progress reports instead
-            dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        with (
+            data_context(preserve_order=True, progress_bars=False),  # the caller's Progress reports instead
+            warnings.catch_warnings(),
+        ):
+            # Ray 2.60 deprecates map_batches' extra remote args but has no named parameter for the restart and
+            # retry limits below yet; they are the only way to set them (revisit before Ray 2.64 removes them).
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+            source = ray.data.from_items(rows, override_num_blocks=blocks)
             del rows  # now in Ray's object store
-            dataset = dataset.map_batches(
+            dataset = source.map_batches(
                 EmbedActor,
                 fn_constructor_kwargs={
-                    "settings": _for_workers(self.settings, torch_threads=threads), "model": self.variant.version_id,
+                    "settings": _for_workers(self.settings, torch_threads=threads),
+                    "model": self.variant.version_id,
                     "decode_threads": self.options.decode_threads,
                 },
                 batch_size=self.batch_size,
@@ -244,25 +205,48 @@ class RayIngestor:
                 # GPU actors where the cluster has GPUs; else CPU actors sized by cpus_per_actor.
                 num_gpus=1 if gpus else None,
                 num_cpus=None if gpus else self.options.cpus_per_actor,
+                max_restarts=self.options.max_restarts,
+                max_task_retries=self.options.max_task_retries,
+                **in_order_actor_tasks(),
             )
-        log.info("Ray ingest: %d items in %d blocks over %d %s actors", len(todo), blocks, actors, "GPU" if gpus else "CPU")
+        log.info(
+            "Ray ingest: %d items in %d blocks over %d %s actors", len(todo), blocks, actors, "GPU" if gpus else "CPU"
+        )
         # No prefetch: Ray Data's prefetcher holds results back until it has that many more blocks, so a batch
         # would wait for later ones before its commit (and be lost with them if an actor then fails).
         # The pool works ahead anyway; the driver's commit is short beside an actor's batch.
-        yield from dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=0)
+        token = activate(watch)  # the executor, which the first next() starts in this thread, reports to it
+        try:
+            produced = iter(dataset.iter_batches(batch_size=self.batch_size, batch_format="numpy", prefetch_batches=0))
+            first = next(produced, None)
+        finally:
+            deactivate(token)  # here, not at the generator's end: that may run in another thread, or never
+        if not watch.attached:
+            log.warning("Ray ingest: the stall watchdog did not attach to this Ray Data; a stalled pool would hang")
+        for results in itertools.chain([first] if first is not None else [], produced):
+            watch.received(len(results["n"]))
+            yield results
 
-    def _commit(self, info: CollectionInfo, todo: list[SourceItem], results: dict[str, np.ndarray], summary: IngestSummary) -> None:
+    def _commit(
+        self, info: CollectionInfo, todo: list[SourceItem], results: dict[str, np.ndarray], summary: IngestSummary
+    ) -> None:
         rows, failures = [], []
         for i, n in enumerate(results["n"]):
             item = todo[int(n)]
             if results["error"][i]:
                 failures.append((item.uri, str(results["error"][i])))
                 continue
-            rows.append(image_row(
-                item, sha256=str(results["sha256"][i]), width=int(results["width"][i]), height=int(results["height"][i]),
-                format=str(results["format"][i]) or None, byte_size=int(results["byte_size"][i]),
-                vector=np.array(results["vector"][i], dtype=np.float32),
-            ))
+            rows.append(
+                image_row(
+                    item,
+                    sha256=str(results["sha256"][i]),
+                    width=int(results["width"][i]),
+                    height=int(results["height"][i]),
+                    format=str(results["format"][i]) or None,
+                    byte_size=int(results["byte_size"][i]),
+                    vector=np.array(results["vector"][i], dtype=np.float32),
+                )
+            )
         commit_batch(self.store, info=info, rows=rows, failures=failures, summary=summary, on_batch=self.on_batch)
 
 
@@ -287,20 +271,3 @@ def _for_workers(settings: Settings, *, torch_threads: int) -> Settings:
     return settings.model_copy(
         update={"api_keys": (), "read_api_keys": (), "api_keys_file": None, "torch_threads": torch_threads}
     )
-
-
-@contextlib.contextmanager
-def _data_context(*, preserve_order: bool, progress_bars: bool) -> Iterator[None]:
-    """Ray Data options for the datasets built inside; each dataset keeps a copy, the process default is restored."""
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
-    # In order, so duplicates resolve to the same first uri and ids come out as in the local engine.
-    context.execution_options.preserve_order = preserve_order
-    context.enable_progress_bars = progress_bars
-    try:
-        yield
-    finally:
-        context.execution_options.preserve_order, context.enable_progress_bars = saved
-

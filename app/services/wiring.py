@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.ingest.jobs import JobManager
 from app.ingest.pipeline import BatchObserver
 from app.ingest.service import IngestService
-from app.media.fetch import UrlFetcher
-from app.media.image_ref import ImageLoader
 from app.media.uploads import UploadFiles
 from app.model.registry import ModelRegistry
 from app.runtime.batcher import MicroBatcher
+from app.runtime.encoders import Encoders, ForwardObserver, build_encoders
 from app.runtime.executor import InferenceRunner
 from app.services.embedding import Embedder
 from app.services.images import ImageService
@@ -21,24 +19,6 @@ from app.services.storage import open_store
 from app.services.thumbnails import Thumbnails
 from app.settings import Settings
 from index.store import VectorStore
-
-# (model, kind, items, seconds) after each forward pass.
-ForwardObserver = Callable[[str, str, int, float], None]
-
-
-@dataclass(frozen=True)
-class Encoders:
-    """What embeds, without any store: the model registry, and the guarded fetcher and loader for image inputs."""
-
-    registry: ModelRegistry
-    fetcher: UrlFetcher
-    loader: ImageLoader
-
-
-def build_encoders(settings: Settings, *, on_forward: ForwardObserver | None = None) -> Encoders:
-    fetcher = UrlFetcher(settings.url_policy())
-    loader = ImageLoader(fetcher, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return Encoders(ModelRegistry(settings, on_forward=on_forward), fetcher, loader)
 
 
 @dataclass(frozen=True)
