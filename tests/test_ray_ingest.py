@@ -335,6 +335,10 @@ def test_the_stall_watch_cancels_a_pool_only_when_it_has_no_live_way_forward() -
     assert at(239, 0, 0, 2, 0, 0) is None  # starting (model loads, maybe a download): 4 timeouts
     assert "no encoder actor came up in 240 s (0 of 2 actors alive (0 restarting, 2 starting)" in at(241, 0, 0, 2, 0, 0)
     now[0] = 0.0
+    w, at = watch()
+    w.received(4)  # a batch came back, from an actor up for less than the watch's 0.5 s between checks
+    assert "stalled: no batch completed in 61 s while 0 of 2 actors alive (1 restarting" in at(61, 0, 1, 0, 2, 0)
+    now[0] = 0.0
     w, at = watch(gcs_alive=lambda: 0)
     assert at(1, 1, 0, 0, 1, 0) is None
     assert "1 of 2 actors alive" in at(70, 1, 0, 0, 1, 0) and "Ray's actor table has 0 alive" in at(80, 1, 0, 0, 1, 0)

@@ -113,7 +113,8 @@ class StallWatch:
                 if self._finished >= 0:
                     self._last_progress = now
                 self._finished = pool.finished_tasks
-            self._ever_alive |= pool.alive > 0
+            # A batch back means an actor was up, even one that lived between two checks.
+            self._ever_alive |= pool.alive > 0 or pool.finished_tasks > 0 or self._received > 0
             quiet = now - self._last_progress
             remaining = self.items - self._received
         if pool.gcs_alive is None and self._gcs_alive is not None and quiet >= self.timeout and pool.alive:
