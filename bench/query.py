@@ -7,7 +7,7 @@ point is nearly equidistant from every other) and unlike real image embeddings, 
 intrinsic dimension. Queries are held-out points of the same distribution with extra noise.
 
 Baseline: numpy brute force (`vectors @ q` + argpartition), what a simple tool does. Against it,
-the project's own indexes (index/vector_index.py, built the way index/store.py builds them):
+the project's own indexes (index/ann/vector_index.py, built the way index/live.py builds them):
 exact flat, HNSW (efSearch sweep) and IVF-PQ (nprobe sweep, with the store's exact re-rank of
 k x rerank candidates). Then the metadata fetch of 100 results from a real SQLite store, the
 call the search route makes (VectorStore.images), against fetching them one at a time.
