@@ -32,10 +32,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
-# ruff (lint rules and format) over the code, mypy on app/ and index/, and the layer contracts of pyproject.toml.
+# ruff (lint rules and format) over all the Python, mypy on app/ and index/, and the layer contracts of pyproject.toml.
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check app index migrations
-	$(BIN)/ruff format --check app index migrations
+	$(BIN)/ruff check app index migrations tests bench
+	$(BIN)/ruff format --check app index migrations tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

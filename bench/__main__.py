@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-SCENARIOS = {"load": "bench.load", "serving": "bench.serving", "ingest": "bench.ingest", "precision": "bench.precision", "query": "bench.query", "startup": "bench.startup", "ray": "bench.ray_ingest"}
+SCENARIOS = {
+    "load": "bench.load",
+    "serving": "bench.serving",
+    "ingest": "bench.ingest",
+    "precision": "bench.precision",
+    "query": "bench.query",
+    "startup": "bench.startup",
+    "ray": "bench.ray_ingest",
+}
 
 
 def main() -> int:

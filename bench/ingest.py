@@ -34,7 +34,9 @@ def make_jpegs(folder: Path, n: int) -> list[Path]:
         width, height = SIZES[i % len(SIZES)]
         y, x = np.mgrid[0:height, 0:width].astype(np.float32)
         phase = rng.uniform(0, 6.28, 3)
-        base = np.stack([127 + 100 * np.sin(x / width * 3 + phase[c]) * np.cos(y / height * 2 + phase[c]) for c in range(3)], -1)
+        base = np.stack(
+            [127 + 100 * np.sin(x / width * 3 + phase[c]) * np.cos(y / height * 2 + phase[c]) for c in range(3)], -1
+        )
         image = Image.fromarray(np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(image)
         for _ in range(12):
@@ -62,10 +64,12 @@ def naive_loop(encoder: Any, paths: list[Path]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - began, np.concatenate(out)
 
 
-def pipeline(encoder: Any, paths: list[Path], *, jpeg_draft: bool, batch: int, workers: int) -> tuple[float, np.ndarray]:
-    from app.media.fetch import UrlFetcher, UrlPolicy
+def pipeline(
+    encoder: Any, paths: list[Path], *, jpeg_draft: bool, batch: int, workers: int
+) -> tuple[float, np.ndarray]:
     from app.ingest.pipeline import Ingestor
     from app.ingest.sources import folder_items
+    from app.media.fetch import UrlFetcher, UrlPolicy
     from app.services.storage import open_store
     from app.settings import Settings
 
@@ -75,8 +79,14 @@ def pipeline(encoder: Any, paths: list[Path], *, jpeg_draft: bool, batch: int, w
         for path in paths:
             (folder / path.name).hardlink_to(path)
         store = open_store(Settings(data_dir=Path(tmp) / "data"))
-        ingestor = Ingestor(store=store, encoder=encoder, fetcher=UrlFetcher(UrlPolicy()), batch_size=batch,
-                            workers=workers, jpeg_draft=jpeg_draft)
+        ingestor = Ingestor(
+            store=store,
+            encoder=encoder,
+            fetcher=UrlFetcher(UrlPolicy()),
+            batch_size=batch,
+            workers=workers,
+            jpeg_draft=jpeg_draft,
+        )
         began = time.perf_counter()
         summary = ingestor.run(folder_items(folder), collection="bench")
         seconds = time.perf_counter() - began
@@ -91,7 +101,9 @@ def pipeline(encoder: Any, paths: list[Path], *, jpeg_draft: bool, batch: int, w
 def compute_only(encoder: Any, paths: list[Path], batch: int) -> float:
     from app.media.decode import decode_reduced
 
-    pixels = [encoder.transform(decode_reduced(p.read_bytes(), min_side=encoder.variant.image_size).image) for p in paths]
+    pixels = [
+        encoder.transform(decode_reduced(p.read_bytes(), min_side=encoder.variant.image_size).image) for p in paths
+    ]
     began = time.perf_counter()
     for start in range(0, len(pixels), batch):
         encoder.embed_pixels(pixels[start : start + batch])
@@ -100,8 +112,8 @@ def compute_only(encoder: Any, paths: list[Path], batch: int) -> float:
 
 def decode_cost(paths: list[Path], image_size: int, *, draft: bool) -> float:
     """Seconds per image to read, decode and PE-preprocess on one thread: what feeding a GPU costs."""
-    from app.model.encoder import pe_transform
     from app.media.decode import decode_reduced
+    from app.model.encoder import pe_transform
 
     transform = pe_transform(image_size)
     began = time.perf_counter()
@@ -115,7 +127,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
 
 
-def run_model(model: str, folder: Path, n: int, batch: int, workers: int, modes: list[str], device: str) -> dict[str, Any]:
+def run_model(
+    model: str, folder: Path, n: int, batch: int, workers: int, modes: list[str], device: str
+) -> dict[str, Any]:
     from app.model.encoder import PEEncoder
     from app.model.variants import get_variant
 
@@ -129,19 +143,34 @@ def run_model(model: str, folder: Path, n: int, batch: int, workers: int, modes:
     rows: dict[str, Any] = {"naive loop": {"seconds": naive_s, "cosine": _cosine(reference, reference)}}
     rows["compute only (fp32)"] = {"seconds": compute_only(fp32, paths, batch)}
     for mode in modes:
-        encoder = fp32 if mode == "fp32" else PEEncoder(variant, weights="random", device=device, image_precision=mode, batch_size=batch).load()
+        encoder = (
+            fp32
+            if mode == "fp32"
+            else PEEncoder(variant, weights="random", device=device, image_precision=mode, batch_size=batch).load()
+        )
         if mode != "fp32":
             rows[f"compute only ({mode})"] = {"seconds": compute_only(encoder, paths, batch)}
         for draft in (True, False) if mode == "fp32" else (True,):
             seconds, vectors = pipeline(encoder, paths, jpeg_draft=draft, batch=batch, workers=workers)
             name = f"pe-search ingest ({mode}{', draft JPEG' if draft else ', full decode'})"
             rows[name] = {"seconds": seconds, "cosine": _cosine(reference, vectors)}
-    decode = {f"{'draft' if d else 'full'}_ms": round(decode_cost(paths, variant.image_size, draft=d) * 1000, 1) for d in (True, False)}
+    decode = {
+        f"{'draft' if d else 'full'}_ms": round(decode_cost(paths, variant.image_size, draft=d) * 1000, 1)
+        for d in (True, False)
+    }
     for row in rows.values():
         row["images_per_second"] = round(n / row["seconds"], 3)
         row["x_naive"] = round(naive_s / row["seconds"], 2)
         row["seconds"] = round(row["seconds"], 2)
-    return {"model": model, "device": str(fp32.device), "n": n, "batch": batch, "workers": workers, "rows": rows, "decode_per_image_one_thread": decode}
+    return {
+        "model": model,
+        "device": str(fp32.device),
+        "n": n,
+        "batch": batch,
+        "workers": workers,
+        "rows": rows,
+        "decode_per_image_one_thread": decode,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,13 +200,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(result: dict[str, Any]) -> None:
-    print(f"\n{result['model']} on {result['device']}: {result['n']} JPEGs 640x480..4000x3000, batch {result['batch']}, {result['workers']} decode threads")
+    print(
+        f"\n{result['model']} on {result['device']}: {result['n']} JPEGs 640x480..4000x3000, batch {result['batch']}, {result['workers']} decode threads"
+    )
     print(f"{'path':<44}{'s':>8}{'img/s':>8}{'x naive':>9}{'cos mean':>10}{'cos min':>9}")
     for name, row in result["rows"].items():
         cos = row.get("cosine") or {}
-        print(f"{name:<44}{row['seconds']:>8}{row['images_per_second']:>8}{row['x_naive']:>9}{cos.get('mean', ''):>10}{cos.get('min', ''):>9}")
+        print(
+            f"{name:<44}{row['seconds']:>8}{row['images_per_second']:>8}{row['x_naive']:>9}{cos.get('mean', ''):>10}{cos.get('min', ''):>9}"
+        )
     rows = result["rows"]
     ours, compute = rows["pe-search ingest (fp32, draft JPEG)"], rows["compute only (fp32)"]
     print(f"pipeline / model compute (fp32): {ours['seconds'] / compute['seconds']:.2f}x")
     decode = result["decode_per_image_one_thread"]
-    print(f"read + decode + preprocess on one thread: {decode['draft_ms']} ms/image with draft JPEG, {decode['full_ms']} ms full decode")
+    print(
+        f"read + decode + preprocess on one thread: {decode['draft_ms']} ms/image with draft JPEG, {decode['full_ms']} ms full decode"
+    )

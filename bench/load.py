@@ -29,7 +29,21 @@ from bench.machine import describe
 from bench.server import LOOPBACK, SpawnedServer, rss_bytes
 
 MIX = [("embed_text", 0.45), ("embed_image", 0.2), ("search", 0.25), ("upload", 0.1)]
-WORDS = "dog cat beach car mountain red blue city night forest river person bicycle".split()
+WORDS = [
+    "dog",
+    "cat",
+    "beach",
+    "car",
+    "mountain",
+    "red",
+    "blue",
+    "city",
+    "night",
+    "forest",
+    "river",
+    "person",
+    "bicycle",
+]
 
 
 def jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> str:
@@ -53,11 +67,19 @@ class Load:
         if kind == "embed_text":
             return "POST", "/perception_encoder/embed_text", {"text": " ".join(rng.sample(WORDS, 4))}
         if kind == "embed_image":
-            return "POST", "/perception_encoder/embed_image", {"image": {"type": "base64", "value": rng.choice(self.images)}}
+            return (
+                "POST",
+                "/perception_encoder/embed_image",
+                {"image": {"type": "base64", "value": rng.choice(self.images)}},
+            )
         if kind == "search":
             return "POST", "/search", {"text": "a photo of a " + rng.choice(WORDS), "top_k": 10}
         self.upload_seed += 1
-        return "POST", "/images", {"image": {"type": "base64", "value": jpeg(self.upload_seed)}, "metadata": {"n": self.upload_seed}}
+        return (
+            "POST",
+            "/images",
+            {"image": {"type": "base64", "value": jpeg(self.upload_seed)}, "metadata": {"n": self.upload_seed}},
+        )
 
     async def client(self, number: int, http: httpx.AsyncClient, stop_at: float) -> None:
         rng = random.Random(number)
@@ -89,7 +111,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     ms = np.array(values) * 1000
-    return {"n": len(values), "p50": round(float(np.percentile(ms, 50)), 1), "p95": round(float(np.percentile(ms, 95)), 1), "p99": round(float(np.percentile(ms, 99)), 1)}
+    return {
+        "n": len(values),
+        "p50": round(float(np.percentile(ms, 50)), 1),
+        "p95": round(float(np.percentile(ms, 95)), 1),
+        "p99": round(float(np.percentile(ms, 99)), 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,14 +153,21 @@ def main(argv: list[str] | None = None) -> int:
         "requests_per_second": round(len(everything) / elapsed, 2),
         "errors": sum(len(e) for e in load.errors.values()),
         "error_samples": {k: v[:3] for k, v in load.errors.items()},
-        "latency_ms": {"all": percentiles(everything), **{k: percentiles(v) for k, v in sorted(load.latencies.items())}},
+        "latency_ms": {
+            "all": percentiles(everything),
+            **{k: percentiles(v) for k, v in sorted(load.latencies.items())},
+        },
         "rss_mb": {"start": rss_start and round(rss_start / 2**20, 1), "end": rss_end and round(rss_end / 2**20, 1)},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"{result['requests']} requests in {result['seconds']} s ({result['requests_per_second']}/s), {result['errors']} errors")
+    print(
+        f"{result['requests']} requests in {result['seconds']} s ({result['requests_per_second']}/s), {result['errors']} errors"
+    )
     print(f"{'kind':<12}{'n':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
     for kind, stats in result["latency_ms"].items():
-        print(f"{kind:<12}{stats.get('n', 0):>7}{stats.get('p50', 0):>10}{stats.get('p95', 0):>10}{stats.get('p99', 0):>10}")
+        print(
+            f"{kind:<12}{stats.get('n', 0):>7}{stats.get('p50', 0):>10}{stats.get('p95', 0):>10}{stats.get('p99', 0):>10}"
+        )
     print(f"server RSS: {result['rss_mb']['start']} MB at start, {result['rss_mb']['end']} MB at end")
     return 1 if result["errors"] else 0

@@ -124,7 +124,9 @@ def index_file_bytes(index: VectorIndex, keep: Path | None, name: str) -> int:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def build_timed(spec: IndexSpec, vectors: np.ndarray, plan: BuildPlan, seed: int) -> tuple[VectorIndex, dict[str, float]]:
+def build_timed(
+    spec: IndexSpec, vectors: np.ndarray, plan: BuildPlan, seed: int
+) -> tuple[VectorIndex, dict[str, float]]:
     stamps: dict[str, float] = {}
 
     def sample(rows: int) -> np.ndarray:
@@ -155,7 +157,12 @@ def _pid() -> int:
 
 
 def sweep(
-    index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, knob: str, values: list[int],
+    index: VectorIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    knob: str,
+    values: list[int],
     reranks: tuple[int, ...] = (4, 10),
 ) -> list[dict[str, Any]]:
     """Per setting: recall@10 and single-query FAISS time; for IVF-PQ also after the store's exact re-rank
@@ -164,9 +171,17 @@ def sweep(
     factors = sorted({int(index.spec.params["rerank"]), *reranks}) if index.spec.kind == "ivfpq" else [1]
     for value in values:
         for rerank in factors:
-            found, ms = timed_queries(queries, lambda q: index.search(q, K * rerank, **{knob: value})[1])
+            found, ms = timed_queries(
+                queries, lambda q, rerank=rerank, value=value: index.search(q, K * rerank, **{knob: value})[1]
+            )
             p50, p95 = pct(ms)
-            row = {"method": index.spec.kind, "params": f"{knob}={value}", "recall_index": recall(found, truth), "p50_ms": p50, "p95_ms": p95}
+            row = {
+                "method": index.spec.kind,
+                "params": f"{knob}={value}",
+                "recall_index": recall(found, truth),
+                "p50_ms": p50,
+                "p95_ms": p95,
+            }
             if rerank > 1:
                 reranked, rerank_ms = [], []
                 for q, ids in zip(queries, found):
@@ -183,7 +198,9 @@ def sweep(
     return rows
 
 
-def metadata_fetch(vectors: np.ndarray, rows: int, ivf_hits: list[np.ndarray], queries: np.ndarray, workdir: Path) -> dict[str, Any]:
+def metadata_fetch(
+    vectors: np.ndarray, rows: int, ivf_hits: list[np.ndarray], queries: np.ndarray, workdir: Path
+) -> dict[str, Any]:
     """A real SQLite store of `rows` images (the bench vectors as their vectors), then timed fetches."""
     from index import crud
     from index.db import create_db_engine, upgrade_database
@@ -198,9 +215,15 @@ def metadata_fetch(vectors: np.ndarray, rows: int, ivf_hits: list[np.ndarray], q
     for start in range(0, rows, batch):
         items = [
             crud.NewImage(
-                sha256=f"{i:064x}", uri=f"/photos/{i // 1000:04d}/{i:07d}.jpg", width=1024, height=768, format="JPEG",
-                byte_size=200_000 + i % 5000, vector=vectors[i % len(vectors)],
-                meta={"caption": f"photo {i}", "tags": ["bench", f"t{i % 97}"], "camera": "x100"}, root="/photos",
+                sha256=f"{i:064x}",
+                uri=f"/photos/{i // 1000:04d}/{i:07d}.jpg",
+                width=1024,
+                height=768,
+                format="JPEG",
+                byte_size=200_000 + i % 5000,
+                vector=vectors[i % len(vectors)],
+                meta={"caption": f"photo {i}", "tags": ["bench", f"t{i % 97}"], "camera": "x100"},
+                root="/photos",
             )
             for i in range(start, min(rows, start + batch))
         ]
@@ -230,9 +253,13 @@ def metadata_fetch(vectors: np.ndarray, rows: int, ivf_hits: list[np.ndarray], q
     size = (workdir / "meta.db").stat().st_size
     engine.dispose()
     return {
-        "rows": rows, "fill_s": round(fill_s, 1), "db_mb": round(size / 2**20),
-        "fetch100_p50_ms": pct(batched)[0], "fetch100_p95_ms": pct(batched)[1],
-        "one_by_one_p50_ms": pct(single)[0], "one_by_one_p95_ms": pct(single)[1],
+        "rows": rows,
+        "fill_s": round(fill_s, 1),
+        "db_mb": round(size / 2**20),
+        "fetch100_p50_ms": pct(batched)[0],
+        "fetch100_p95_ms": pct(batched)[1],
+        "one_by_one_p50_ms": pct(single)[0],
+        "one_by_one_p95_ms": pct(single)[1],
         "ivfpq_rerank_sqlite_p50_ms": pct(rerank_ms)[0] if rerank_ms else None,
     }
 
@@ -251,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="write each index checkpoint here (for bench startup)")
     parser.add_argument("--nprobes", default="8,16,32,64,128", help="IVF-PQ nprobe values to sweep")
     parser.add_argument("--reranks", default="4,10", help="IVF-PQ re-rank factors to sweep (with the configured one)")
-    parser.add_argument("--reuse", type=Path, default=None, help="load the IVF-PQ index kept by an earlier --keep run (same --n)")
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="load the IVF-PQ index kept by an earlier --keep run (same --n)"
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: ivfpq, hnsw, metadata")
     parser.add_argument("--out", default="bench/results/query.json")
     args = parser.parse_args(argv)
@@ -276,9 +305,17 @@ def main(argv: list[str] | None = None) -> int:
 
     flat_spec = IndexSpec("flat")
     flat, built = build_timed(flat_spec, vectors, plan_build(flat_spec, args.n, args.dim, args.memory_budget), 0)
-    found, ms = timed_queries(queries[: args.baseline_queries], lambda q: flat.search(q, K)[1])
-    rows.append({"method": "flat (FAISS exact)", "params": "", "recall": recall(found, truth), **dict(zip(("p50_ms", "p95_ms"), pct(ms))),
-                 **built, "bytes_per_vector": round(index_file_bytes(flat, args.keep, "flat") / args.n, 1)})
+    found, ms = timed_queries(queries[: args.baseline_queries], lambda q, flat=flat: flat.search(q, K)[1])
+    rows.append(
+        {
+            "method": "flat (FAISS exact)",
+            "params": "",
+            "recall": recall(found, truth),
+            **dict(zip(("p50_ms", "p95_ms"), pct(ms))),
+            **built,
+            "bytes_per_vector": round(index_file_bytes(flat, args.keep, "flat") / args.n, 1),
+        }
+    )
     del flat
     gc.collect()
     print(f"flat: {rows[-1]}", flush=True)
@@ -300,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _ivfpq(args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: list, report: dict) -> list[np.ndarray]:
+def _ivfpq(
+    args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: list, report: dict
+) -> list[np.ndarray]:
     spec = choose_spec("ivfpq", args.n, args.dim, args.memory_budget)
     plan = plan_build(spec, args.n, args.dim, args.memory_budget)
     report["ivfpq"] = {"spec": spec.params, "plan": plan.__dict__}
@@ -338,17 +377,25 @@ def _hnsw(args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, tr
 
 def _print(report: dict[str, Any], base_ms: float) -> None:
     print(f"\n{report['n']} x {report['dim']}-d, {report['threads']} threads, recall@{K} vs exact, single-query times")
-    print(f"{'method':<20}{'params':<22}{'n':>9}{'recall':>8}{'p50 ms':>9}{'p95 ms':>9}{'vs numpy':>10}{'build s':>9}{'B/vec':>8}")
+    print(
+        f"{'method':<20}{'params':<22}{'n':>9}{'recall':>8}{'p50 ms':>9}{'p95 ms':>9}{'vs numpy':>10}{'build s':>9}{'B/vec':>8}"
+    )
     for r in report["rows"]:
-        print(f"{r['method']:<20}{r['params']:<22}{r.get('n', report['n']):>9}{r['recall']:>8.3f}{r['p50_ms']:>9}{r['p95_ms']:>9}"
-              f"{'x%.1f' % (base_ms / r['p50_ms']):>10}{r.get('build_s', ''):>9}{r['bytes_per_vector']:>8}")
+        print(
+            f"{r['method']:<20}{r['params']:<22}{r.get('n', report['n']):>9}{r['recall']:>8.3f}{r['p50_ms']:>9}{r['p95_ms']:>9}"
+            f"{'x%.1f' % (base_ms / r['p50_ms']):>10}{r.get('build_s', ''):>9}{r['bytes_per_vector']:>8}"
+        )
     if "metadata" not in report:
         return
     m = report["metadata"]
     print(f"\nmetadata, SQLite with {m['rows']} images ({m['db_mb']} MB, filled in {m['fill_s']} s):")
-    print(f"  100 results in one call (VectorStore.images): p50 {m['fetch100_p50_ms']} ms, p95 {m['fetch100_p95_ms']} ms")
-    print(f"  100 results one at a time (baseline):         p50 {m['one_by_one_p50_ms']} ms, p95 {m['one_by_one_p95_ms']} ms "
-          f"(x{m['one_by_one_p50_ms'] / m['fetch100_p50_ms']:.1f})")
+    print(
+        f"  100 results in one call (VectorStore.images): p50 {m['fetch100_p50_ms']} ms, p95 {m['fetch100_p95_ms']} ms"
+    )
+    print(
+        f"  100 results one at a time (baseline):         p50 {m['one_by_one_p50_ms']} ms, p95 {m['one_by_one_p95_ms']} ms "
+        f"(x{m['one_by_one_p50_ms'] / m['fetch100_p50_ms']:.1f})"
+    )
     print(f"  IVF-PQ exact re-rank from SQLite:              p50 {m['ivfpq_rerank_sqlite_p50_ms']} ms")
 
 

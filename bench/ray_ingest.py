@@ -75,22 +75,28 @@ def _result(summary, timeline: _Timeline, started: float) -> dict:  # noqa: ANN0
     seconds = time.monotonic() - started
     first = next((t for t, n in timeline.marks if n > 0), None)
     return {
-        "added": summary.added, "failed": len(summary.failed), "seconds": round(seconds, 2),
+        "added": summary.added,
+        "failed": len(summary.failed),
+        "seconds": round(seconds, 2),
         "first_batch_seconds": round(first - started, 2) if first else None,
-        "images_per_s": round(summary.added / seconds, 2), "steady_images_per_s": timeline.steady_rate(),
+        "images_per_s": round(summary.added / seconds, 2),
+        "steady_images_per_s": timeline.steady_rate(),
     }
 
 
 def run_local(folder: Path, work: Path, settings, batch: int) -> dict:  # noqa: ANN001 - Settings
-    from app.media.fetch import UrlFetcher
     from app.ingest.pipeline import Ingestor
     from app.ingest.sources import folder_items
+    from app.media.fetch import UrlFetcher
     from app.model.registry import ModelRegistry
 
     encoder = ModelRegistry(settings).get(settings.model)  # loaded before the clock starts, as a server's is
     ingestor = Ingestor(
-        store=_store(work / "local"), encoder=encoder, fetcher=UrlFetcher(settings.url_policy()),
-        batch_size=batch, workers=settings.ingest_workers,
+        store=_store(work / "local"),
+        encoder=encoder,
+        fetcher=UrlFetcher(settings.url_policy()),
+        batch_size=batch,
+        workers=settings.ingest_workers,
     )
     timeline = _Timeline()
     started = time.monotonic()
@@ -104,7 +110,10 @@ def run_ray(folder: Path, work: Path, settings, batch: int, actors: int, cpus: f
     from app.ingest.sources import folder_items
 
     ingestor = RayIngestor(
-        store=_store(work / f"ray-{actors}x{cpus:g}"), settings=settings, model=settings.model, batch_size=batch,
+        store=_store(work / f"ray-{actors}x{cpus:g}"),
+        settings=settings,
+        model=settings.model,
+        batch_size=batch,
         options=RayOptions(actors=actors, cpus_per_actor=cpus),
     )
     timeline = _Timeline()
@@ -153,8 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     # The machine may be shared: the load average says how much of it other work took meanwhile.
     load = [round(v, 2) for v in os.getloadavg()]
     report = {
-        "machine": describe(), "model": args.model, "images": count, "size": args.size, "batch": args.batch,
-        "ray_start_seconds": ray_start, "load_average_1_5_15": load, "results": results,
+        "machine": describe(),
+        "model": args.model,
+        "images": count,
+        "size": args.size,
+        "batch": args.batch,
+        "ray_start_seconds": ray_start,
+        "load_average_1_5_15": load,
+        "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
@@ -162,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{count} JPEGs of {args.size}, {args.model} (random weights), batch {args.batch}; "
         f"Ray start-up {ray_start} s (not counted); image precision {base['image_precision']}; load average at the end {load}"
     )
-    print(f"{'engine':<12}{'added':>7}{'seconds':>9}{'1st batch s':>12}{'img/s':>8}{'vs local':>10}{'steady img/s':>14}{'vs local':>10}")
+    print(
+        f"{'engine':<12}{'added':>7}{'seconds':>9}{'1st batch s':>12}{'img/s':>8}{'vs local':>10}{'steady img/s':>14}{'vs local':>10}"
+    )
     for name, r in results.items():
         steady = r["steady_images_per_s"]
         steady_ratio = f"x{steady / base['steady_images_per_s']:.2f}" if steady and base["steady_images_per_s"] else "-"

@@ -36,7 +36,10 @@ class SpawnedServer:
         full_env = {**os.environ, "PE_SEARCH_DATA_DIR": str(self.data_dir / "data"), "HF_HUB_OFFLINE": "1", **env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=full_env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     @property

@@ -43,14 +43,20 @@ async def _drive(url: str, kind: str, clients: int, total: int) -> dict[str, flo
             errors += response.status_code != 200
 
     async with httpx.AsyncClient(base_url=url, timeout=300) as http:
-        await http.post(f"/perception_encoder/embed_{kind}", json={"text": "warm"} if kind == "text" else {"image": {"type": "base64", "value": images[0]}})
+        await http.post(
+            f"/perception_encoder/embed_{kind}",
+            json={"text": "warm"} if kind == "text" else {"image": {"type": "base64", "value": images[0]}},
+        )
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
     return {
-        "requests": len(latencies), "errors": errors, "rps": round(len(latencies) / elapsed, 2),
-        "p50": round(float(np.percentile(ms, 50)), 1), "p95": round(float(np.percentile(ms, 95)), 1),
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / elapsed, 2),
+        "p50": round(float(np.percentile(ms, 50)), 1),
+        "p95": round(float(np.percentile(ms, 95)), 1),
         "p99": round(float(np.percentile(ms, 99)), 1),
     }
 
@@ -64,10 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, dict] = {}
     for mode in ("off", "on"):
-        server = SpawnedServer({
-            "PE_SEARCH_WEIGHTS": "random", "PE_SEARCH_MODEL": args.model,
-            "PE_SEARCH_MICROBATCH": "true" if mode == "on" else "false", "PE_SEARCH_TEXT_CACHE_SIZE": "0",
-        })
+        server = SpawnedServer(
+            {
+                "PE_SEARCH_WEIGHTS": "random",
+                "PE_SEARCH_MODEL": args.model,
+                "PE_SEARCH_MICROBATCH": "true" if mode == "on" else "false",
+                "PE_SEARCH_TEXT_CACHE_SIZE": "0",
+            }
+        )
         try:
             server.wait_ready()
             for kind in ("text", "image"):
@@ -82,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'kind/batching':<14}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, runs in results.items():
         for clients, r in runs.items():
-            print(f"{name:<14}{clients.split()[0]:>8}{r['rps']:>9}{r['p50']:>9}{r['p95']:>9}{r['p99']:>9}{r['errors']:>8}")
+            print(
+                f"{name:<14}{clients.split()[0]:>8}{r['rps']:>9}{r['p50']:>9}{r['p95']:>9}{r['p99']:>9}{r['errors']:>8}"
+            )
     for kind in ("text", "image"):
         for mode in ("off", "on"):
             runs = list(results[f"{kind}/{mode}"].values())
-            print(f"{kind} batching {mode}: throughput x{runs[1]['rps'] / runs[0]['rps']:.2f} at {args.clients} clients vs 1, "
-                  f"p99 {runs[1]['p99'] / runs[0]['p50']:.2f}x the single-request p50")
+            print(
+                f"{kind} batching {mode}: throughput x{runs[1]['rps'] / runs[0]['rps']:.2f} at {args.clients} clients vs 1, "
+                f"p99 {runs[1]['p99'] / runs[0]['p50']:.2f}x the single-request p50"
+            )
     return 0

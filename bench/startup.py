@@ -129,21 +129,43 @@ def server_ready(n: int, mmaps: list[bool], model: str) -> list[dict[str, Any]]:
         rng = np.random.default_rng(0)
         for start in range(0, n, 5_000):
             vectors = rng.standard_normal((min(5_000, n - start), 1024), dtype=np.float32)
-            items = [crud.NewImage(sha256=f"{start + i:064x}", uri=f"/p/{start + i}.jpg", width=1, height=1, format="JPEG",
-                                   byte_size=1, vector=v / np.linalg.norm(v)) for i, v in enumerate(vectors)]
+            items = [
+                crud.NewImage(
+                    sha256=f"{start + i:064x}",
+                    uri=f"/p/{start + i}.jpg",
+                    width=1,
+                    height=1,
+                    format="JPEG",
+                    byte_size=1,
+                    vector=v / np.linalg.norm(v),
+                )
+                for i, v in enumerate(vectors)
+            ]
             with store.sessions() as session, session.begin():
                 crud.add_batch(session, collection_id=cid, items=items)
         store.reindex("big")  # rebuilds from the database and writes the checkpoint
         store.close()
         rows = []
         for mmap in mmaps:
-            server = SpawnedServer({"PE_SEARCH_DATA_DIR": str(data), "PE_SEARCH_WEIGHTS": "random", "PE_SEARCH_MODEL": model,
-                                    "PE_SEARCH_INDEX_MMAP": "true" if mmap else "false"})
+            server = SpawnedServer(
+                {
+                    "PE_SEARCH_DATA_DIR": str(data),
+                    "PE_SEARCH_WEIGHTS": "random",
+                    "PE_SEARCH_MODEL": model,
+                    "PE_SEARCH_INDEX_MMAP": "true" if mmap else "false",
+                }
+            )
             started = time.perf_counter()
             try:
                 server.wait_ready(timeout=1200)
-                rows.append({"n": n, "mmap": mmap, "ready_s": round(time.perf_counter() - started, 2),
-                             "rss_mb": round(rss_bytes(server.process.pid) / 2**20)})
+                rows.append(
+                    {
+                        "n": n,
+                        "mmap": mmap,
+                        "ready_s": round(time.perf_counter() - started, 2),
+                        "rss_mb": round(rss_bytes(server.process.pid) / 2**20),
+                    }
+                )
             finally:
                 server.stop()
         return rows
@@ -154,7 +176,9 @@ def server_ready(n: int, mmaps: list[bool], model: str) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench startup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 20k flat index, T16 only, a 5k-image server")
-    parser.add_argument("--index-dir", type=Path, default=None, help="checkpoint dirs (one per index) from bench query --keep")
+    parser.add_argument(
+        "--index-dir", type=Path, default=None, help="checkpoint dirs (one per index) from bench query --keep"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--server-n", type=int, default=200_000, help="images in the server's collection (0: skip)")
     parser.add_argument("--server-model", default="PE-Core-T16-384")
@@ -177,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         if server_n:
             report["server"] = server_ready(server_n, [False, True], args.server_model)
             for r in report["server"]:
-                print(f"server over {r['n']} images, mmap {'on ' if r['mmap'] else 'off'}: ready in {r['ready_s']} s, RSS {r['rss_mb']} MB")
+                print(
+                    f"server over {r['n']} images, mmap {'on ' if r['mmap'] else 'off'}: ready in {r['ready_s']} s, RSS {r['rss_mb']} MB"
+                )
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -187,25 +213,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_loads(rows: list[dict[str, Any]]) -> None:
-    print(f"{'index':<8}{'vectors':>9}{'file MB':>9}{'mmap':>6}{'load s':>9}{'vs read':>9}{'RSS MB':>8}{'1st q ms':>10}{'p50 q ms':>10}{'RSS after q':>12}")
+    print(
+        f"{'index':<8}{'vectors':>9}{'file MB':>9}{'mmap':>6}{'load s':>9}{'vs read':>9}{'RSS MB':>8}{'1st q ms':>10}{'p50 q ms':>10}{'RSS after q':>12}"
+    )
     plain = {r["index"]: r for r in rows if not r["mmap"] and "error" not in r}
     for r in rows:
         if "error" in r:
             print(f"{r['index']:<8} mmap={r['mmap']}: {r['error']}")
             continue
         ratio = plain[r["index"]]["load_s"] / r["load_s"] if r["index"] in plain else float("nan")
-        print(f"{r['index']:<8}{r['count']:>9}{r['file_mb']:>9.0f}{'on' if r['mmap'] else 'off':>6}{r['load_s']:>9.3f}{'x%.0f' % ratio:>9}"
-              f"{r['rss_load_mb']:>8.0f}{r['first_query_ms']:>10.1f}{r['query_p50_ms']:>10.2f}{r['rss_after_queries_mb']:>12.0f}")
+        print(
+            f"{r['index']:<8}{r['count']:>9}{r['file_mb']:>9.0f}{'on' if r['mmap'] else 'off':>6}{r['load_s']:>9.3f}{f'x{ratio:.0f}':>9}"
+            f"{r['rss_load_mb']:>8.0f}{r['first_query_ms']:>10.1f}{r['query_p50_ms']:>10.2f}{r['rss_after_queries_mb']:>12.0f}"
+        )
 
 
 def _print_models(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'variant':<18}{'params M':>9}{'load s':>8}{'RSS base':>9}{'RSS loaded':>11}{'after embed':>12}{'peak':>8}  (MB, fp32, CPU)")
+    print(
+        f"\n{'variant':<18}{'params M':>9}{'load s':>8}{'RSS base':>9}{'RSS loaded':>11}{'after embed':>12}{'peak':>8}  (MB, fp32, CPU)"
+    )
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<18} {r['error']}")
             continue
-        print(f"{r['variant']:<18}{r['params_m']:>9.1f}{r['load_s']:>8.1f}{r['rss_base_mb']:>9.0f}{r['rss_loaded_mb']:>11.0f}"
-              f"{r['rss_after_embed_mb']:>12.0f}{r['peak_mb']:>8.0f}")
+        print(
+            f"{r['variant']:<18}{r['params_m']:>9.1f}{r['load_s']:>8.1f}{r['rss_base_mb']:>9.0f}{r['rss_loaded_mb']:>11.0f}"
+            f"{r['rss_after_embed_mb']:>12.0f}{r['peak_mb']:>8.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from tests.support.constants import (
 # Before any test imports Ray, as the CLI does: a local Ray instance on loopback only, no usage stats.
 prepare_ray_process(local=True)
 
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`postgres` on every test that needs the real PostgreSQL server (`db_url` marks its own parameter)."""

@@ -300,9 +300,13 @@ def test_health_and_ready_report_model(client: TestClient) -> None:
         body = client.get(route).json()
         assert body["ready"] is True and body["random_weights"] is True
         assert body["models"][0] == {
-            "model": "PE-Core-T16-384", "dim": 512, "device": "cpu",
-            "image_precision": image_precision, "text_precision": "fp32",
-            "weights": "random", "random_weights": True,
+            "model": "PE-Core-T16-384",
+            "dim": 512,
+            "device": "cpu",
+            "image_precision": image_precision,
+            "text_precision": "fp32",
+            "weights": "random",
+            "random_weights": True,
         }
     assert client.get("/ready").status_code == 200
 

@@ -28,8 +28,11 @@ def test_models_lists_variants_dims_and_cache(capsys, tmp_path, monkeypatch) -> 
     rows = {row["id"]: row for row in json.loads(out)}
     assert code == 0
     assert {k: v["dim"] for k, v in rows.items()} == {
-        "PE-Core-T16-384": 512, "PE-Core-S16-384": 512, "PE-Core-B16-224": 1024,
-        "PE-Core-L14-336": 1024, "PE-Core-G14-448": 1280,
+        "PE-Core-T16-384": 512,
+        "PE-Core-S16-384": 512,
+        "PE-Core-B16-224": 1024,
+        "PE-Core-L14-336": 1024,
+        "PE-Core-G14-448": 1280,
     }
     assert not any(row["cached"] for row in rows.values())
     assert rows["PE-Core-L14-336"]["default"]

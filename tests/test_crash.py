@@ -102,7 +102,9 @@ def test_sigkill_during_index_checkpoints_never_corrupts(tmp_path: Path) -> None
     for round_number, lines_before_kill in enumerate((3, 6, 10)):
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.support.checkpoint_loop", str(tmp_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(lines_before_kill):
             line = process.stdout.readline()

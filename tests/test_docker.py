@@ -36,8 +36,8 @@ def test_conventions_operators_expect() -> None:
 
 
 def _healthcheck_command() -> list[str]:
-    line = next(l for l in DOCKERFILE.splitlines() if l.strip().startswith("CMD [\"python\""))
-    return json.loads(line.strip()[len("CMD "):])
+    line = next(row for row in DOCKERFILE.splitlines() if row.strip().startswith('CMD ["python"'))
+    return json.loads(line.strip()[len("CMD ") :])
 
 
 @pytest.mark.parametrize("status,healthy", [(200, True), (503, False)])

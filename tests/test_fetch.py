@@ -86,10 +86,25 @@ def server() -> Iterator[str]:
 
 # --- pure rules: no request is made ---
 
+
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-     "224.0.0.1", "255.255.255.255", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"],
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+    ],
 )
 def test_non_public_addresses_are_refused(address: str) -> None:
     assert not is_public_address(address)
@@ -148,6 +163,7 @@ def test_url_input_can_be_switched_off() -> None:
 
 
 # --- real fetches, loopback only ---
+
 
 def test_fetch_image(server: str) -> None:
     assert UrlFetcher(OPEN).fetch(f"{server}/cat.jpg") == JPEG

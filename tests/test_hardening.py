@@ -105,6 +105,7 @@ def test_request_id_is_echoed_and_logs_hold_no_keys(client: TestClient, caplog) 
 
 # --- API keys ---
 
+
 def test_health_and_docs_need_no_key(keyed_client: TestClient) -> None:
     assert keyed_client.get("/health").status_code == 200
     assert keyed_client.get("/ready").status_code == 200

@@ -314,6 +314,7 @@ def test_animated_gif_first_frame_keeps_its_detail(source: Image.Image) -> None:
 
 # --- EXIF orientation ----------------------------------------------------------------------------
 
+
 def marked(width: int = 48, height: int = 32) -> Image.Image:
     """Grey, with a red marker in the stored top-left corner."""
     image = solid(GREY, (width, height))
@@ -404,6 +405,7 @@ def test_malformed_exif_does_not_fail_the_image(orientation: int) -> None:
 
 # --- Errors -----------------------------------------------------------------------------------------
 
+
 def load_error(data: bytes) -> ImageLoadError:
     with pytest.raises(ImageLoadError) as info:
         decode_image(data)
@@ -488,6 +490,7 @@ def test_damaged_files_only_ever_raise_image_load_error(fmt: str, params: dict) 
 
 # --- Base64 -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def png_bytes(source: Image.Image) -> bytes:
     return encode(source, "PNG")
@@ -510,8 +513,17 @@ def wrap(text: str, width: int, separator: str) -> str:
         lambda s: "  \n" + wrap(s, 10, " \t ") + "\n ",
         lambda s: " data:image/png;base64,\n" + wrap(s, 76, "\n"),
     ],
-    ids=["plain", "data-url", "data-url-upper", "data-url-params", "data-url-bare", "newlines",
-         "crlf", "spaces-tabs", "data-url-and-newlines"],
+    ids=[
+        "plain",
+        "data-url",
+        "data-url-upper",
+        "data-url-params",
+        "data-url-bare",
+        "newlines",
+        "crlf",
+        "spaces-tabs",
+        "data-url-and-newlines",
+    ],
 )
 def test_base64_variants_decode_to_the_same_bytes(png_bytes: bytes, dress: Callable[[str], str]) -> None:
     assert decode_base64(dress(b64(png_bytes))) == png_bytes
@@ -586,6 +598,7 @@ def test_valid_base64_that_is_no_image_is_refused(loader: ImageLoader, value: st
 
 
 # --- ImageLoader ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["base64", "BASE64", "Base64"])
 def test_load_base64_type_is_case_insensitive(

@@ -212,8 +212,12 @@ def reembed(store: VectorStore, encoder: PEEncoder, tmp_path: Path):  # noqa: AN
     from app.services.reembed import reembed_collection
 
     return reembed_collection(
-        store=store, encoder=encoder, uploads=UploadFiles(tmp_path / "uploads"),
-        fetcher=UrlFetcher(UrlPolicy()), name="c", batch_size=3,
+        store=store,
+        encoder=encoder,
+        uploads=UploadFiles(tmp_path / "uploads"),
+        fetcher=UrlFetcher(UrlPolicy()),
+        name="c",
+        batch_size=3,
     )
 
 

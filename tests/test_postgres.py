@@ -93,8 +93,12 @@ def test_processes_migrating_together_apply_each_migration_once(postgres_url: st
     """`pe-search db upgrade` (and each API process's start-up) on one database at the same moment."""
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "db", "upgrade"], cwd=REPO_ROOT, env=_env(postgres_url, tmp_path),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "app.cli", "db", "upgrade"],
+            cwd=REPO_ROOT,
+            env=_env(postgres_url, tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(3)
     ]
@@ -111,8 +115,12 @@ def test_processes_migrating_together_apply_each_migration_once(postgres_url: st
 
 def test_alembic_command_line_takes_the_url_from_settings(postgres_url: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=REPO_ROOT, env=_env(postgres_url, tmp_path),
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO_ROOT,
+        env=_env(postgres_url, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     engine = create_db_engine(postgres_url)
@@ -185,7 +193,11 @@ def test_one_writer_and_a_read_only_server_share_postgres_and_the_index_dir(post
         # Another writer rebuilds the index as HNSW and checkpoints it: the reader loads that checkpoint.
         result = subprocess.run(
             [sys.executable, "-m", "app.cli", "reindex", "--collection", "shared", "--index-type", "hnsw"],
-            cwd=REPO_ROOT, env=_env(postgres_url, tmp_path / "data"), capture_output=True, text=True, timeout=120,
+            cwd=REPO_ROOT,
+            env=_env(postgres_url, tmp_path / "data"),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         assert _search(reader, photos[1])[0] == ids[1]

@@ -56,9 +56,11 @@ def test_migrations_create_exactly_the_models_schema(db_url: str) -> None:
         if engine.dialect.name == "sqlite":
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         else:
-            types = dict(connection.exec_driver_sql(
-                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'images'"
-            ).all())
+            types = dict(
+                connection.exec_driver_sql(
+                    "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'images'"
+                ).all()
+            )
             assert types["metadata"] == "jsonb"
     engine.dispose()
 
@@ -221,8 +223,20 @@ def test_filters(store: VectorStore) -> None:
 
 def test_metadata_filters_compare_typed_values(store: VectorStore) -> None:
     collection = store.create_collection("c", model=MODEL, dim=DIM)
-    metas = [{"n": 7}, {"n": 7.0}, {"n": "abc"}, {"n": [7]}, {"n": False}, {"n": {"deep": 7}}, {}, {"s": "7 cats"},
-             {"n": "7"}, {"n": True}, {"n": 1}, {"n": 0}]
+    metas = [
+        {"n": 7},
+        {"n": 7.0},
+        {"n": "abc"},
+        {"n": [7]},
+        {"n": False},
+        {"n": {"deep": 7}},
+        {},
+        {"s": "7 cats"},
+        {"n": "7"},
+        {"n": True},
+        {"n": 1},
+        {"n": 0},
+    ]
     ids = add(store, collection.id, clustered(len(metas), seed=8), meta=lambda i: metas[i])
 
     def matching(**metadata) -> set[int]:

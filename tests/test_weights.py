@@ -72,15 +72,15 @@ def to_meta_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
     for key, value in state.items():
         if key.startswith("text."):
-            out[key[len("text."):]] = value
+            out[key[len("text.") :]] = value
         elif key == "logit_scale":
             out[key] = value
         elif key.startswith("visual.trunk.blocks."):
-            rest = key[len("visual.trunk.blocks."):]
+            rest = key[len("visual.trunk.blocks.") :]
             for old, new in block_names.items():
                 rest = rest.replace(old, new)
             out[f"visual.transformer.resblocks.{rest}"] = value
-    trunk = {k[len("visual.trunk."):]: v for k, v in state.items() if k.startswith("visual.trunk.")}
+    trunk = {k[len("visual.trunk.") :]: v for k, v in state.items() if k.startswith("visual.trunk.")}
     out["visual.conv1.weight"] = trunk["patch_embed.proj.weight"]
     out["visual.class_embedding"] = trunk["cls_token"].reshape(-1)
     out["visual.positional_embedding"] = trunk["pos_embed"][0]
@@ -163,4 +163,3 @@ def test_failed_default_load_keeps_server_up_and_not_ready(tmp_path: Path) -> No
         assert client.get("/health").status_code == 200
         response = client.post("/perception_encoder/embed_text", json={"text": "a cat"})
         assert response.status_code == 503 and "missing.pt" in response.json()["message"]
-

@@ -93,8 +93,16 @@ class PostgresServer:
             shutil.chown(password_file, user=SERVICE_USER)
         self._check(
             self._run(
-                "initdb", "-D", str(self.data), "-U", SERVICE_USER, f"--pwfile={password_file}",
-                "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync",
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                SERVICE_USER,
+                f"--pwfile={password_file}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
             ),
             "initdb",
         )
@@ -107,8 +115,17 @@ class PostgresServer:
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
             result = self._run(
-                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                "-w", "-t", str(START_TIMEOUT_S), "start",
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
+                "start",
             )
             if result.returncode == 0:
                 return self

@@ -33,9 +33,7 @@ def free_port() -> int:
 def server_env(data_dir: Path, model: str | None) -> dict[str, str]:
     """The test process's environment minus any model choice, plus random weights and no hub."""
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PE_SEARCH_") and k != "PERCEPTION_ENCODER_VERSION_ID"
+        k: v for k, v in os.environ.items() if not k.startswith("PE_SEARCH_") and k != "PERCEPTION_ENCODER_VERSION_ID"
     }
     env.update(
         HF_HUB_OFFLINE="1",

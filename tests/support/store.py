@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.dto import NewImage
 from index.db import create_db_engine
+from index.dto import NewImage
 from index.store import VectorStore
 from tests.support.constants import TEST_MODEL
 
@@ -39,8 +39,12 @@ def items(vectors: np.ndarray, start: int = 0, meta=None) -> list[NewImage]:
         NewImage(
             sha256=hashlib.sha256(f"img{start + i}".encode()).hexdigest(),
             uri=f"/photos/{start + i}.jpg",
-            width=10, height=10, format="JPEG", byte_size=100,
-            vector=v, meta=meta(start + i) if meta else {},
+            width=10,
+            height=10,
+            format="JPEG",
+            byte_size=100,
+            vector=v,
+            meta=meta(start + i) if meta else {},
         )
         for i, v in enumerate(vectors)
     ]
