@@ -56,6 +56,21 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(scope="module")
+def settings(settings: Settings) -> Settings:
+    """The session's settings in fp32: on a CPU with native bf16, `auto` weighs bf16 per process against a guard
+    that random weights sit near, so the driver's encoder and an actor could differ (by ~1e-3, 1 run in 20 here)."""
+    return settings.model_copy(update={"image_precision": "fp32", "text_precision": "fp32"})
+
+
+@pytest.fixture(scope="module")
+def encoder(settings: Settings) -> PEEncoder:
+    """The local engine's encoder, on the same fp32 settings as the actors."""
+    from app.registry import ModelRegistry
+
+    return ModelRegistry(settings).get()
+
+
 @pytest.fixture(autouse=True)
 def ray_state_before_a_timeout() -> Iterator[None]:
     """pytest-timeout prints the threads' stacks; this prints Ray's nodes and actors shortly before it fires."""
@@ -379,6 +394,7 @@ def test_one_command_ingests_a_manifest_through_ray_into_postgresql(
         **os.environ, "PE_SEARCH_DATA_DIR": str(tmp_path / "data"), "PE_SEARCH_DATABASE_URL": postgres_url,
         "PE_SEARCH_WEIGHTS": "random", "PE_SEARCH_MODEL": TEST_MODEL, "PE_SEARCH_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
         "PE_SEARCH_URL_ALLOW_HTTP": "true", "PE_SEARCH_URL_ALLOW_IP_HOSTS": "true", "PE_SEARCH_URL_ALLOW_PRIVATE_HOSTS": "true",
+        "PE_SEARCH_IMAGE_PRECISION": "fp32", "PE_SEARCH_TEXT_PRECISION": "fp32",  # as `encoder`
     }
     command = [
         sys.executable, "-m", "app.cli", "ingest", "--manifest", str(tmp_path / "manifest.csv"), "--collection", "c",
