@@ -30,17 +30,30 @@ from app.errors import RayIngestError, RaySetupError
 from app.ingest.ray_engine import RayIngestor, RayOptions
 from app.ingest.ray_setup import connect
 from app.ingest.ray_watch import PoolState, StallWatch
+from app.ingest.sources import SourceError, folder_items, manifest_items
 from app.media.decode import decode_image
 from app.model.encoder import PEEncoder
-from app.ingest.sources import SourceError, folder_items, manifest_items
 from app.settings import Settings
 from index.db import create_db_engine
 from index.store import VectorStore
 from tests.support.constants import TEST_MODEL
 from tests.support.images import encode, photo
 from tests.support.ray_runs import (
-    HeldServer, arm_state_dump, contents, extra_node, held_web, kill_actor, local_run, make_photos, open_store,
-    pool_actor_ids, ranked, ray_run, ray_state, wait_for, without_timing,
+    HeldServer,
+    arm_state_dump,
+    contents,
+    extra_node,
+    held_web,
+    kill_actor,
+    local_run,
+    make_photos,
+    open_store,
+    pool_actor_ids,
+    ranked,
+    ray_run,
+    ray_state,
+    wait_for,
+    without_timing,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,12 +175,14 @@ def test_parquet_manifest_with_metadata_and_the_url_policy_in_the_actors(
 
     paths = make_photos(tmp_path / "photos")
     rows = [str(p.relative_to(tmp_path)) for p in paths[:4]] + ["photos/missing.jpg", "http://localhost:9/never.jpg"]
-    table = pa.table({
-        "path": rows,
-        "label": ["cat", "dog", "cat", "bird", "none", "url"],
-        "score": [0.5, float("nan"), 2.0, 3.5, 0.0, 1.0],
-        "rank": [1, 2, 3, 4, 5, 6],
-    })
+    table = pa.table(
+        {
+            "path": rows,
+            "label": ["cat", "dog", "cat", "bird", "none", "url"],
+            "score": [0.5, float("nan"), 2.0, 3.5, 0.0, 1.0],
+            "rank": [1, 2, 3, 4, 5, 6],
+        }
+    )
     pq.write_table(table, tmp_path / "manifest.parquet")
     # Private and loopback hosts refused, as a server's default: the actors must apply the driver's policy.
     strict = settings.model_copy(update={"url_allow_private_hosts": False})
@@ -244,9 +259,13 @@ def test_batches_committed_before_the_actors_die_stay_and_a_rerun_resumes(
             kill_actor(ids[0], restart=True)
 
     ingestor = RayIngestor(
-        store=store, settings=from_file, model=TEST_MODEL, batch_size=4,
+        store=store,
+        settings=from_file,
+        model=TEST_MODEL,
+        batch_size=4,
         # A stall timeout well above a restart's model load here, so that Ray's own outcome shows.
-        options=RayOptions(actors=1, stall_timeout=60), on_batch=kill_the_actor_while_it_fetches_the_second_batch,
+        options=RayOptions(actors=1, stall_timeout=60),
+        on_batch=kill_the_actor_while_it_fetches_the_second_batch,
     )
     try:
         # Ray's own error names the cause; where Ray would wait instead (as the issue saw), the watchdog ends it.
@@ -293,15 +312,21 @@ def test_a_pool_whose_actor_cannot_come_back_ends_the_run_after_the_stall_timeou
                     node.lose()
 
             ingestor = RayIngestor(
-                store=store, settings=slow_web, model=TEST_MODEL, batch_size=4,
+                store=store,
+                settings=slow_web,
+                model=TEST_MODEL,
+                batch_size=4,
                 options=RayOptions(actors=1, stall_timeout=STALL_S),
                 on_batch=lose_the_node_while_the_actor_fetches_the_second_batch,
             )
             started = time.monotonic()
-            with pytest.raises(RayIngestError, match=(
-                r"re-run to resume: stalled: no batch completed in \d+ s while 0 of 1 actors alive \(1 restarting, "
-                r"0 starting\), [12] batch(es)? in flight \(--ray-stall-timeout 5\)"
-            )):
+            with pytest.raises(
+                RayIngestError,
+                match=(
+                    r"re-run to resume: stalled: no batch completed in \d+ s while 0 of 1 actors alive \(1 restarting, "
+                    r"0 starting\), [12] batch(es)? in flight \(--ray-stall-timeout 5\)"
+                ),
+            ):
                 ingestor.run(manifest_items(tmp_path / "manifest.csv"), collection="c")
             waited = time.monotonic() - started
     finally:
@@ -382,23 +407,55 @@ def web_folder(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_one_command_ingests_a_manifest_through_ray_into_postgresql(
-    tmp_path: Path, ray_address: str, encoder: PEEncoder, settings: Settings, web_folder: tuple[str, Path],
+    tmp_path: Path,
+    ray_address: str,
+    encoder: PEEncoder,
+    settings: Settings,
+    web_folder: tuple[str, Path],
     postgres_url: str,
 ) -> None:
     """The issue's finish line: the CLI, Ray, metadata in PostgreSQL, the single-machine path's answers."""
     base, web = web_folder
     paths = make_photos(tmp_path / "photos")
-    lines = ["path,label"] + [f"{p},local{i}" for i, p in enumerate(paths[:5])] + [f"{base}/remote.jpg,web", f"{base}/gone.jpg,web"]
+    lines = (
+        ["path,label"]
+        + [f"{p},local{i}" for i, p in enumerate(paths[:5])]
+        + [f"{base}/remote.jpg,web", f"{base}/gone.jpg,web"]
+    )
     (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
     env = {
-        **os.environ, "PE_SEARCH_DATA_DIR": str(tmp_path / "data"), "PE_SEARCH_DATABASE_URL": postgres_url,
-        "PE_SEARCH_WEIGHTS": "random", "PE_SEARCH_MODEL": TEST_MODEL, "PE_SEARCH_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
-        "PE_SEARCH_URL_ALLOW_HTTP": "true", "PE_SEARCH_URL_ALLOW_IP_HOSTS": "true", "PE_SEARCH_URL_ALLOW_PRIVATE_HOSTS": "true",
-        "PE_SEARCH_IMAGE_PRECISION": "fp32", "PE_SEARCH_TEXT_PRECISION": "fp32",  # as `encoder`
+        **os.environ,
+        "PE_SEARCH_DATA_DIR": str(tmp_path / "data"),
+        "PE_SEARCH_DATABASE_URL": postgres_url,
+        "PE_SEARCH_WEIGHTS": "random",
+        "PE_SEARCH_MODEL": TEST_MODEL,
+        "PE_SEARCH_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "PE_SEARCH_URL_ALLOW_HTTP": "true",
+        "PE_SEARCH_URL_ALLOW_IP_HOSTS": "true",
+        "PE_SEARCH_URL_ALLOW_PRIVATE_HOSTS": "true",
+        "PE_SEARCH_IMAGE_PRECISION": "fp32",
+        "PE_SEARCH_TEXT_PRECISION": "fp32",  # as `encoder`
     }
     command = [
-        sys.executable, "-m", "app.cli", "ingest", "--manifest", str(tmp_path / "manifest.csv"), "--collection", "c",
-        "--engine", "ray", "--ray-address", ray_address, "--ray-actors", "1", "--batch-size", "4", "--json", "--quiet",
+        sys.executable,
+        "-m",
+        "app.cli",
+        "ingest",
+        "--manifest",
+        str(tmp_path / "manifest.csv"),
+        "--collection",
+        "c",
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_address,
+        "--ray-actors",
+        "1",
+        "--batch-size",
+        "4",
+        "--json",
+        "--quiet",
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -409,7 +466,9 @@ def test_one_command_ingests_a_manifest_through_ray_into_postgresql(
     store = VectorStore(engine=create_db_engine(postgres_url), index_dir=tmp_path / "data" / "indexes").open()
     local = open_store(tmp_path / "local")
     local_summary = local_run(local, encoder, settings, manifest_items(tmp_path / "manifest.csv"))
-    assert {k: v for k, v in summary.items() if k not in ("seconds", "images_per_second")} == without_timing(local_summary)
+    assert {k: v for k, v in summary.items() if k not in ("seconds", "images_per_second")} == without_timing(
+        local_summary
+    )
     got, expected = contents(store), contents(local)
     assert got["info"] == expected["info"] == (TEST_MODEL, 512, 6, 6)
     assert got["images"] == expected["images"] and got["sources"] == expected["sources"]
@@ -430,7 +489,9 @@ def test_without_ray_or_pyarrow_the_errors_say_what_to_install(tmp_path: Path, m
     for name in ("ray", "pyarrow", "pyarrow.parquet"):
         monkeypatch.setitem(sys.modules, name, None)
     (tmp_path / "manifest.parquet").write_bytes(b"PAR1")
-    with pytest.raises(SourceError, match=r"reading Parquet needs pyarrow; install it with pip install 'pe-search\[ray\]'"):
+    with pytest.raises(
+        SourceError, match=r"reading Parquet needs pyarrow; install it with pip install 'pe-search\[ray\]'"
+    ):
         list(manifest_items(tmp_path / "manifest.parquet"))
 
     make_photos(tmp_path / "photos")
@@ -441,19 +502,21 @@ def test_without_ray_or_pyarrow_the_errors_say_what_to_install(tmp_path: Path, m
 
 
 def test_parquet_binary_columns_stay_out_of_the_metadata(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A Hugging Face-style manifest carries the image bytes: the metadata keeps the other columns, not a copy of them."""
+    """A Hugging Face-style manifest carries the image bytes: the metadata keeps the other columns, not a copy."""
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     paths = make_photos(tmp_path / "photos")
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({
-        "path": [str(p) for p in paths[:2]],
-        "label": ["cat", "dog"],
-        "image": pa.array([{"bytes": p.read_bytes(), "path": p.name} for p in paths[:2]], type=image_type),
-        "thumbnail": pa.array([b"\x89PNG", b"\xff\xd8"], type=pa.binary()),
-        "tags": [["a", "b"], []],
-    })
+    table = pa.table(
+        {
+            "path": [str(p) for p in paths[:2]],
+            "label": ["cat", "dog"],
+            "image": pa.array([{"bytes": p.read_bytes(), "path": p.name} for p in paths[:2]], type=image_type),
+            "thumbnail": pa.array([b"\x89PNG", b"\xff\xd8"], type=pa.binary()),
+            "tags": [["a", "b"], []],
+        }
+    )
     pq.write_table(table, tmp_path / "manifest.parquet")
 
     with caplog.at_level(logging.INFO, logger="app.ingest.sources"):

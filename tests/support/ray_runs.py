@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from app.model.encoder import PEEncoder
-from app.media.fetch import UrlFetcher
 from app.ingest.pipeline import Ingestor
 from app.ingest.ray_engine import RayIngestor, RayOptions
+from app.media.fetch import UrlFetcher
+from app.model.encoder import PEEncoder
 from app.settings import Settings
 from index.db import create_db_engine
 from index.models import Image, Source
@@ -56,7 +56,11 @@ def open_store(root: Path) -> VectorStore:
 
 
 def local_run(  # noqa: ANN201 - IngestSummary
-    store: VectorStore, encoder: PEEncoder, settings: Settings, items, collection: str = "c"  # noqa: ANN001
+    store: VectorStore,
+    encoder: PEEncoder,
+    settings: Settings,
+    items,
+    collection: str = "c",  # noqa: ANN001
 ):
     fetcher = UrlFetcher(settings.url_policy())
     ingestor = Ingestor(store=store, encoder=encoder, fetcher=fetcher, batch_size=4, workers=2)
@@ -64,7 +68,11 @@ def local_run(  # noqa: ANN201 - IngestSummary
 
 
 def ray_run(  # noqa: ANN201 - IngestSummary
-    store: VectorStore, settings: Settings, items, collection: str = "c", actors: int | None = None  # noqa: ANN001
+    store: VectorStore,
+    settings: Settings,
+    items,
+    collection: str = "c",
+    actors: int | None = None,  # noqa: ANN001
 ):
     options = RayOptions(actors=actors)
     ingestor = RayIngestor(store=store, settings=settings, model=TEST_MODEL, batch_size=4, options=options)
@@ -198,8 +206,14 @@ class ExtraNode:
 
         before = {n["NodeID"] for n in ray.nodes()}
         params = RayParams(
-            gcs_address=gcs_address, node_ip_address="127.0.0.1", num_cpus=num_cpus, num_gpus=0,
-            object_store_memory=100 * 1024**2, min_worker_port=0, max_worker_port=0, node_manager_port=0,
+            gcs_address=gcs_address,
+            node_ip_address="127.0.0.1",
+            num_cpus=num_cpus,
+            num_gpus=0,
+            object_store_memory=100 * 1024**2,
+            min_worker_port=0,
+            max_worker_port=0,
+            node_manager_port=0,
             include_log_monitor=False,
         )
         params.dashboard_agent_listen_port = None  # a free port, not the head's agent's
@@ -231,6 +245,7 @@ def extra_node(gcs_address: str, *, num_cpus: int) -> Iterator[ExtraNode]:
 
 def arm_state_dump(seconds: float) -> threading.Timer:
     """Print Ray's state to stderr after `seconds` (the test's timeout less a margin), so a timeout shows it."""
+
     def dump() -> None:
         print(f"\n--- Ray state shortly before the test's timeout ---\n{ray_state()}", file=sys.stderr)
 
