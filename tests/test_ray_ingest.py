@@ -79,7 +79,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture(scope="module")
 def encoder(settings: Settings) -> PEEncoder:
     """The local engine's encoder, on the same fp32 settings as the actors."""
-    from app.registry import ModelRegistry
+    from app.model.registry import ModelRegistry
 
     return ModelRegistry(settings).get()
 
