@@ -10,7 +10,7 @@ import numpy as np
 from sqlalchemy import Integer, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from index.dto import NewImage
+from index.dto import ImageRecord, NewImage
 from index.errors import CollectionNotFoundError, MissingVectorError
 from index.filters import SearchFilter, conditions
 from index.models import Collection, Failure, Image, Source, Tombstone, utcnow
@@ -213,20 +213,52 @@ def filtered_ids(session: Session, *, collection_id: int, search_filter: SearchF
     return np.fromiter(session.scalars(query), dtype=np.int64)
 
 
-def images_by_id(session: Session, *, image_ids: Sequence[int]) -> dict[int, Image]:
-    return {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(list(image_ids))))}
+# An image's record, read as columns: no ORM object per row, and never the vector blob.
+_RECORD_COLUMNS = (
+    Image.id,
+    Image.collection_id,
+    Image.sha256,
+    Image.uri,
+    Image.width,
+    Image.height,
+    Image.format,
+    Image.byte_size,
+    Image.meta,
+    Image.created_at,
+    Image.updated_at,
+)
+
+
+def _record(row: Sequence[Any]) -> ImageRecord:
+    return ImageRecord(
+        id=row[0],
+        collection_id=row[1],
+        sha256=row[2],
+        uri=row[3],
+        width=row[4],
+        height=row[5],
+        format=row[6],
+        byte_size=row[7],
+        meta=row[8] or {},
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def image_records(session: Session, *, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
+    rows = session.execute(select(*_RECORD_COLUMNS).where(Image.id.in_(list(image_ids))))
+    return {row[0]: _record(row) for row in rows}
 
 
 def failures(session: Session, *, collection_id: int) -> list[Failure]:
     return list(session.scalars(select(Failure).where(Failure.collection_id == collection_id).order_by(Failure.id)))
 
 
-def images_after(session: Session, *, collection_id: int, after_id: int = 0, limit: int = 1000) -> list[Image]:
-    return list(
-        session.scalars(
-            select(Image)
-            .where(Image.collection_id == collection_id, Image.id > after_id)
-            .order_by(Image.id)
-            .limit(limit)
-        )
+def images_after(session: Session, *, collection_id: int, after_id: int = 0, limit: int = 1000) -> list[ImageRecord]:
+    query = (
+        select(*_RECORD_COLUMNS)
+        .where(Image.collection_id == collection_id, Image.id > after_id)
+        .order_by(Image.id)
+        .limit(limit)
     )
+    return [_record(row) for row in session.execute(query)]

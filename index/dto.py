@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from index.models import Image
-
 
 @dataclass(frozen=True)
 class CollectionInfo:
@@ -49,22 +47,6 @@ class ImageRecord:
     meta: dict[str, Any]
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def of(cls, row: Image) -> ImageRecord:
-        return cls(
-            id=row.id,
-            collection_id=row.collection_id,
-            sha256=row.sha256,
-            uri=row.uri,
-            width=row.width,
-            height=row.height,
-            format=row.format,
-            byte_size=row.byte_size,
-            meta=dict(row.meta or {}),
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
 
 
 @dataclass

@@ -34,10 +34,7 @@ class ImageMethods:
         last = 0
         while True:
             with self.sessions() as session:
-                rows = [
-                    ImageRecord.of(r)
-                    for r in crud.images_after(session, collection_id=collection_id, after_id=last, limit=batch)
-                ]
+                rows = crud.images_after(session, collection_id=collection_id, after_id=last, limit=batch)
             if not rows:
                 return
             yield rows
@@ -83,17 +80,16 @@ class ImageMethods:
 
     def image(self, image_id: int) -> ImageRecord:
         with self.sessions() as session:
-            row = session.get(Image, image_id)
-            if row is None:
-                raise ImageNotFoundError(image_id)
-            return ImageRecord.of(row)
+            found = crud.image_records(session, image_ids=[image_id])
+        if image_id not in found:
+            raise ImageNotFoundError(image_id)
+        return found[image_id]
 
     def images(self, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
         out: dict[int, ImageRecord] = {}
         with self.sessions() as session:
             for start in range(0, len(image_ids), _IN_CHUNK):
-                rows = crud.images_by_id(session, image_ids=image_ids[start : start + _IN_CHUNK])
-                out.update({image_id: ImageRecord.of(row) for image_id, row in rows.items()})
+                out.update(crud.image_records(session, image_ids=image_ids[start : start + _IN_CHUNK]))
         return out
 
     def source_root(self, image_id: int, uri: str) -> str | None:
