@@ -245,6 +245,11 @@ def _record(row: Sequence[Any]) -> ImageRecord:
     )
 
 
+def image_record(session: Session, *, image_id: int) -> ImageRecord | None:
+    row = session.execute(select(*_RECORD_COLUMNS).where(Image.id == image_id)).one_or_none()
+    return None if row is None else _record(row)
+
+
 def image_records(session: Session, *, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
     rows = session.execute(select(*_RECORD_COLUMNS).where(Image.id.in_(list(image_ids))))
     return {row[0]: _record(row) for row in rows}

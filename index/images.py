@@ -80,10 +80,10 @@ class ImageMethods:
 
     def image(self, image_id: int) -> ImageRecord:
         with self.sessions() as session:
-            found = crud.image_records(session, image_ids=[image_id])
-        if image_id not in found:
+            found = crud.image_record(session, image_id=image_id)
+        if found is None:
             raise ImageNotFoundError(image_id)
-        return found[image_id]
+        return found
 
     def images(self, image_ids: Sequence[int]) -> dict[int, ImageRecord]:
         out: dict[int, ImageRecord] = {}

@@ -30,7 +30,6 @@ class Services:
     embedder: Embedder
     store: VectorStore
     search: SearchService
-    uploads: UploadFiles
     images: ImageService
     thumbnails: Thumbnails
     jobs: JobManager
@@ -83,7 +82,6 @@ def build_services(
         embedder=embedder,
         store=store,
         search=SearchService(store=store, embedder=embedder, max_top_k=settings.max_top_k),
-        uploads=uploads,
         images=ImageService(store=store, embedder=embedder, uploads=uploads),
         thumbnails=Thumbnails(
             directory=settings.data_dir / "thumbnails", store=store, uploads=uploads, fetcher=encoders.fetcher
