@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -41,6 +42,11 @@ class UrlPolicy:
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
 
 
+def default_workers(cores: int) -> int:
+    """One model worker per two cores, at least one: measured on 2 cores (docs/BENCHMARKS.md)."""
+    return max(1, cores // 2)
+
+
 class Settings(BaseSettings):
     # validate_assignment: a value set after start-up (tests, an embedding app) is parsed like the environment's.
     model_config = SettingsConfigDict(
@@ -48,6 +54,8 @@ class Settings(BaseSettings):
     )
 
     host: str = "127.0.0.1"
+    # A running server the CLI's `search` sends queries to instead of loading a model (`--server`).
+    url: str | None = None
     port: int = Field(default=9001, ge=1, le=65535)
 
     # Roboflow deployments set PERCEPTION_ENCODER_VERSION_ID; honour it when ours is unset.
@@ -96,6 +104,14 @@ class Settings(BaseSettings):
     # its embeddings of a probe set keep cosine >= 0.999 to fp32 on the loaded weights; int8 only if asked.
     image_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     text_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    # Which runtime runs the towers: auto = ONNX Runtime on the CPU (OpenVINO for bf16 images where the CPU
+    # has native bf16 and the `openvino` extra is installed), torch on CUDA. See docs/BENCHMARKS.md.
+    runtime: Literal["auto", "torch", "onnx", "openvino"] = "auto"
+    # Exported (ONNX) towers, one entry per variant and weights; default: <cache_dir>/exports, else
+    # $XDG_CACHE_HOME/pe-search/exports (~/.cache/pe-search/exports).
+    export_dir: Path | None = None
+    # Forward passes that may run at once, each on its share of the cores; 0 = chosen per core count.
+    model_workers: int = Field(default=0, ge=0, le=64)
     # torch.compile each tower at load (slow start, faster passes; mostly worth it on GPUs).
     compile: bool = False
     # Concurrent requests' items merged into one forward pass, waiting at most this long for company.
@@ -104,7 +120,7 @@ class Settings(BaseSettings):
     microbatch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     text_cache_size: int = Field(default=4096, ge=0)
     max_loaded_models: int = Field(default=2, ge=1, le=5)
-    # Threads for one forward pass; 0 = PyTorch's default (one per core).
+    # Threads for one forward pass, any runtime; 0 = the cores shared among the model workers.
     torch_threads: int = Field(default=0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -143,6 +159,11 @@ class Settings(BaseSettings):
     @property
     def ingest_root_paths(self) -> tuple[Path, ...]:
         return tuple(Path(p).resolve() for p in self.ingest_roots)
+
+    @property
+    def workers(self) -> int:
+        """Model workers: as set, else one per two cores (docs/BENCHMARKS.md, `bench runtime --workers`)."""
+        return self.model_workers or default_workers(os.cpu_count() or 1)
 
     @property
     def index_dir(self) -> Path:

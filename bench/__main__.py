@@ -12,6 +12,8 @@ SCENARIOS = {
     "query": "bench.query",
     "startup": "bench.startup",
     "ray": "bench.ray_ingest",
+    "runtime": "bench.runtime",
+    "cli": "bench.cli",
 }
 
 

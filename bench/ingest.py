@@ -51,14 +51,24 @@ def make_jpegs(folder: Path, n: int) -> list[Path]:
 
 def naive_loop(encoder: Any, paths: list[Path]) -> tuple[float, np.ndarray]:
     """What a user writes with open_clip: one image at a time, fp32, decode and model in series."""
-    from app.model.encoder import pe_transform
+    import open_clip
 
-    model, preprocess = encoder._require_model(), pe_transform(encoder.variant.image_size)
+    from app.model.variants import PE_INTERPOLATION, PE_MEAN, PE_RESIZE_MODE, PE_STD
+
+    model = encoder.loader.torch_model().model
+    preprocess = open_clip.image_transform(
+        encoder.variant.image_size,
+        is_train=False,
+        mean=PE_MEAN,
+        std=PE_STD,
+        interpolation=PE_INTERPOLATION,
+        resize_mode=PE_RESIZE_MODE,
+    )
     out = []
     began = time.perf_counter()
     with torch.no_grad():
         for path in paths:
-            pixels = preprocess(Image.open(path).convert("RGB")).unsqueeze(0).to(encoder.device)
+            pixels = preprocess(Image.open(path).convert("RGB")).unsqueeze(0)
             features = model.encode_image(pixels)
             out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
     return time.perf_counter() - began, np.concatenate(out)
@@ -113,9 +123,9 @@ def compute_only(encoder: Any, paths: list[Path], batch: int) -> float:
 def decode_cost(paths: list[Path], image_size: int, *, draft: bool) -> float:
     """Seconds per image to read, decode and PE-preprocess on one thread: what feeding a GPU costs."""
     from app.media.decode import decode_reduced
-    from app.model.encoder import pe_transform
+    from app.model.preprocess import PETransform
 
-    transform = pe_transform(image_size)
+    transform = PETransform(image_size)
     began = time.perf_counter()
     for path in paths:
         transform(decode_reduced(path.read_bytes(), min_side=image_size if draft else None).image)
@@ -136,7 +146,7 @@ def run_model(
     paths = sorted(folder.glob("*.jpg"))[:n]
     variant = get_variant(model)
     fp32 = PEEncoder(variant, weights="random", device=device, image_precision="fp32", batch_size=batch).load()
-    if fp32.device.type != "cpu":
+    if fp32.device != "cpu":
         modes = [m for m in modes if m != "int8"]  # dynamic quantisation is CPU-only
     pipeline(fp32, paths[:2], jpeg_draft=True, batch=batch, workers=workers)  # warm-up: first-pass allocations
     naive_s, reference = naive_loop(fp32, paths)

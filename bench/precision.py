@@ -42,17 +42,25 @@ def _time(fn: Any, reps: int) -> float:
 
 
 def run_model(model: str, modes: list[str], batch: int, reps: int, device: str) -> list[dict[str, Any]]:
-    from app.model.encoder import PEEncoder, probe_pixels
+    from app.model.encoder import PEEncoder
+    from app.model.preprocess import probe_images
     from app.model.variants import get_variant
 
     variant = get_variant(model)
-    pixels = list(probe_pixels(variant.image_size, batch))
+    pixels = list(probe_images(variant.image_size, batch))
     texts = (TEXTS * (batch // len(TEXTS) + 1))[:batch]
     rows, reference = [], {}
     # fp32 first: it is every row's reference.
     for mode in ["fp32", *(m for m in modes if m != "fp32")]:
+        # The torch runtime's modes (bench runtime compares the runtimes).
         encoder = PEEncoder(
-            variant, weights="random", device=device, image_precision=mode, text_precision=mode, batch_size=batch
+            variant,
+            weights="random",
+            device=device,
+            runtime="torch",
+            image_precision=mode,
+            text_precision=mode,
+            batch_size=batch,
         ).load()
         cases = {
             ("image", batch): lambda encoder=encoder: encoder.embed_pixels(pixels),

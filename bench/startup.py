@@ -63,10 +63,10 @@ from app.model.encoder import PEEncoder
 from app.model.variants import get_variant
 base = rss_bytes(os.getpid())
 started = time.perf_counter()
-encoder = PEEncoder(get_variant(sys.argv[1]), weights="random", device="cpu", image_precision="fp32", text_precision="fp32").load()
+encoder = PEEncoder(get_variant(sys.argv[1]), weights="random", device="cpu", runtime="torch", image_precision="fp32", text_precision="fp32").load()
 load_s = time.perf_counter() - started
 loaded = rss_bytes(os.getpid())
-params = sum(p.numel() for p in encoder._require_model().parameters())
+params = sum(p.numel() for p in encoder.loader.torch_model().model.parameters())
 encoder.embed_images([Image.new("RGB", (640, 480), (120, 80, 40))])
 embedded = rss_bytes(os.getpid())
 peak = next(int(l.split()[1]) * 1024 for l in open(f"/proc/{os.getpid()}/status") if l.startswith("VmHWM"))

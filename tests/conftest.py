@@ -6,9 +6,14 @@ Fixtures only; the helpers and constants they use are in tests/support/.
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Nothing in the suite may reach the model hub; fail fast instead of waiting on the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One export cache for the session, its servers, CLI runs and encoders built directly (whose default folder
+# is under XDG_CACHE_HOME): the test model is exported once, not per process, and never into ~/.cache.
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="pe-search-test-cache-"))
+os.environ.setdefault("PE_SEARCH_EXPORT_DIR", os.path.join(os.environ["XDG_CACHE_HOME"], "pe-search", "exports"))
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +24,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.ingest.ray_setup import prepare_ray_process
 from app.model.encoder import PEEncoder
+from app.model.variants import get_variant
 from app.settings import Settings
 from tests.support import pg
 from tests.support.constants import (
@@ -76,6 +82,24 @@ def client(settings: Settings) -> TestClient:
 @pytest.fixture(scope="session")
 def encoder(client: TestClient) -> PEEncoder:
     return client.app.state.services.registry.get()
+
+
+@pytest.fixture(scope="session")
+def torch_encoder(settings: Settings) -> PEEncoder:
+    """The same model on the torch runtime: the reference the exported runtimes are held to."""
+    return PEEncoder(
+        get_variant(settings.model),
+        weights="random",
+        device="cpu",
+        runtime="torch",
+        batch_size=settings.inference_batch,
+    ).load()
+
+
+@pytest.fixture(scope="session", params=["auto", "torch"])
+def any_encoder(request: pytest.FixtureRequest) -> PEEncoder:
+    """Each runtime in turn: `auto` (ONNX Runtime, or OpenVINO for bf16 images) and torch."""
+    return request.getfixturevalue("encoder" if request.param == "auto" else "torch_encoder")
 
 
 @pytest.fixture(scope="session")

@@ -299,6 +299,7 @@ def test_health_and_ready_report_model(client: TestClient) -> None:
     for route in ("/health", "/ready"):
         body = client.get(route).json()
         assert body["ready"] is True and body["random_weights"] is True
+        towers = body["models"][0].pop("towers")
         assert body["models"][0] == {
             "model": "PE-Core-T16-384",
             "dim": 512,
@@ -308,6 +309,11 @@ def test_health_and_ready_report_model(client: TestClient) -> None:
             "weights": "random",
             "random_weights": True,
         }
+        # The runtime and precision per tower, with the measured cosine to torch fp32 that let it serve.
+        assert towers["text"]["runtime"] == "onnx" and towers["text"]["precision"] == "fp32"
+        assert towers["text"]["cosine_to_fp32"] >= 0.99999
+        assert towers["image"]["precision"] == image_precision and towers["image"]["cosine_to_fp32"] >= 0.999
+        assert towers["image"]["runtime"] in ({"openvino", "torch"} if cpu_has_native_bf16() else {"onnx"})
     assert client.get("/ready").status_code == 200
 
 

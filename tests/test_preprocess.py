@@ -1,4 +1,4 @@
-"""PE's preprocessing is applied whatever the weights source, checked against an independent computation."""
+"""PE's preprocessing, torch-free, checked against open_clip's own transform and an independent computation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.model.encoder import PEEncoder, pe_transform
+from app.model.encoder import PEEncoder
+from app.model.preprocess import pe_pixels
 from app.model.variants import get_variant
 from tests.support.images import photo
 
@@ -24,7 +25,7 @@ def reference_pe_transform(image: Image.Image, size: int) -> torch.Tensor:
 @pytest.mark.parametrize("width,height", [(640, 480), (300, 900), (100, 60)])
 def test_transform_matches_independent_computation(width: int, height: int) -> None:
     image = photo(width, height, seed=width)
-    ours = pe_transform(384)(image)
+    ours = torch.from_numpy(pe_pixels(image, 384))
     reference = reference_pe_transform(image, 384)
     assert ours.shape == (3, 384, 384)
     difference = (ours - reference).abs()
@@ -40,9 +41,28 @@ def test_open_clip_fallback_would_differ_so_the_parity_test_can_fail() -> None:
     assert (clip_default(image) - reference_pe_transform(image, 384)).abs().mean() > 0.1
 
 
+def open_clip_pe_transform(size: int) -> object:
+    return open_clip.image_transform(
+        size, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", resize_mode="squash"
+    )
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "LA", "CMYK", "I;16"])
+def test_numpy_transform_is_open_clips_bit_for_bit(mode: str) -> None:
+    """The ONNX path's preprocessing (no torch) gives exactly the pixels open_clip's transform gives."""
+    rgb = np.asarray(photo(500, 300, seed=3))
+    image = (
+        Image.fromarray(rgb[..., 0].astype(np.uint16) * 200).convert(mode)
+        if mode == "I;16"
+        else Image.fromarray(rgb).convert(mode)
+    )
+    expected = open_clip_pe_transform(384)(image).numpy()  # type: ignore[operator]
+    assert np.array_equal(pe_pixels(image, 384), expected)
+
+
 @pytest.mark.parametrize("weights", ["random", "/nonexistent/checkpoint.pt", "hub"])
 def test_every_weights_source_gets_pe_transform(weights: str) -> None:
     image = photo(500, 200, seed=2)
     encoder = PEEncoder(get_variant("PE-Core-T16-384"), weights=weights, device="cpu")
-    assert torch.equal(encoder.transform(image), pe_transform(384)(image))
-    assert (encoder.transform(image) - reference_pe_transform(image, 384)).abs().mean() < 0.01
+    assert np.array_equal(encoder.transform(image), pe_pixels(image, 384))
+    assert (torch.from_numpy(encoder.transform(image)) - reference_pe_transform(image, 384)).abs().mean() < 0.01

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.cli.args import print_json
 from app.cli.index_commands import add_commands, load_encoder
 from app.model.variants import VARIANTS
 from app.runtime.process import configure_logging, configure_threads
@@ -51,7 +52,7 @@ def _emit(model: str, inputs: Sequence[str], vectors: np.ndarray) -> None:
 
 
 def cmd_embed_text(args: argparse.Namespace, settings: Settings) -> int:
-    encoder = load_encoder(settings)
+    encoder = load_encoder(settings, towers=("text",))
     _emit(encoder.variant.version_id, args.text, encoder.embed_texts(args.text))
     return 0
 
@@ -67,7 +68,7 @@ def cmd_embed_image(args: argparse.Namespace, settings: Settings) -> int:
         except (OSError, ImageLoadError) as exc:
             print(f"pe-search: {path}: {exc}", file=sys.stderr)
             return 2
-    encoder = load_encoder(settings)
+    encoder = load_encoder(settings, towers=("image",))
     _emit(encoder.variant.version_id, args.path, encoder.embed_images(images))
     return 0
 
@@ -105,6 +106,16 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
     from app.model.weights import fetch_hub_checkpoint
 
     print(fetch_hub_checkpoint(get_variant(settings.model), settings.cache_dir))
+    if args.export:
+        return cmd_export_model(args, settings.model_copy(update={"weights": "hub"}))
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace, settings: Settings) -> int:
+    """Export (or check) the model's ONNX towers in the cache, so that later starts load them without torch."""
+    encoder = load_encoder(settings, towers=("image", "text"))
+    entry = encoder.loader.entry()
+    print_json({"entry": str(entry.path), "parity": entry.manifest["parity"], "towers": encoder.info.towers})
     return 0
 
 
@@ -138,7 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser(
         "download", parents=[model_opts], help="fetch a model's weights into the cache (e.g. at image build)"
     )
-    download.set_defaults(func=cmd_download)
+    download.add_argument(
+        "--no-export", dest="export", action="store_false", help="only the weights, not the ONNX export of them"
+    )
+    download.set_defaults(func=cmd_download, loads_model=True)
+
+    export = sub.add_parser(
+        "export-model",
+        parents=[model_opts],
+        help="export the model's towers to ONNX in the cache (done on first use otherwise) and check them",
+    )
+    export.set_defaults(func=cmd_export_model, loads_model=True)
 
     add_commands(sub, model_opts)
     return parser

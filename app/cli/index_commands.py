@@ -26,10 +26,11 @@ def _store(settings: Settings) -> VectorStore:
     return open_store(settings)
 
 
-def load_encoder(settings: Settings, model: str | None = None) -> PEEncoder:
+def load_encoder(settings: Settings, model: str | None = None, towers: tuple[str, ...] = ()) -> PEEncoder:
+    """The encoder with `towers` loaded; the others load on first use (an ingest with nothing new loads none)."""
     from app.runtime.encoders import build_encoders
 
-    return build_encoders(settings).registry.get(model)
+    return build_encoders(settings).registry.get(model, towers=towers)
 
 
 def _ingestor(args: argparse.Namespace, settings: Settings, store: VectorStore) -> Ingestor | RayIngestor:
@@ -52,7 +53,7 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store: VectorStore) 
     from app.runtime.encoders import build_encoders
 
     encoders = build_encoders(settings)
-    encoder = encoders.registry.get(args.model or store.model_of(args.collection))
+    encoder = encoders.registry.get(args.model or store.model_of(args.collection), towers=())
     return Ingestor.from_settings(
         settings, store=store, encoder=encoder, fetcher=encoders.fetcher, batch_size=batch_size
     )

@@ -75,13 +75,46 @@ async def _search(settings: Settings, query: SearchQuery) -> list[ScoredImage]:
     return hits
 
 
+def _remote_rows(args: argparse.Namespace, server: str) -> list[dict[str, Any]]:
+    """The same search sent to a running server: no model loads here, the server's is warm already."""
+    import os
+
+    from app.client.http import PESearchClient
+
+    search_filter: dict[str, Any] = {}
+    if args.filter:
+        search_filter["metadata"] = metadata_filter(args.filter)
+    if args.uri_prefix:
+        search_filter["uri_prefix"] = args.uri_prefix
+    common: dict[str, Any] = {
+        "top_k": args.k,
+        "collection": args.collection,
+        "filter": search_filter or None,
+        "min_score": args.min_score,
+    }
+    with PESearchClient(server, api_key=os.environ.get("PE_SEARCH_API_KEY")) as client:
+        if args.id is not None:
+            hits = client.search_id(args.id, **common)
+        elif args.image:
+            hits = client.search_image(Path(args.image), **common)
+        else:
+            hits = client.search_text(" ".join(args.text), **common)
+    return [{"id": h.id, "score": round(h.score, 4), "uri": h.uri, "metadata": h.metadata} for h in hits]
+
+
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     query = _query(args)
     if query is None:
         print("pe-search: give TEXT, --image PATH or --id N", file=sys.stderr)
         return 2
-    hits = asyncio.run(_search(settings, query))
-    rows = [{"id": h.image.id, "score": round(h.score, 4), "uri": h.image.uri, "metadata": h.image.meta} for h in hits]
+    server = args.server or settings.url
+    if server:
+        rows = _remote_rows(args, server)
+    else:
+        hits = asyncio.run(_search(settings, query))
+        rows = [
+            {"id": h.image.id, "score": round(h.score, 4), "uri": h.image.uri, "metadata": h.image.meta} for h in hits
+        ]
     if args.json:
         print_json(rows)
     else:
@@ -107,5 +140,11 @@ def add_search_command(sub: argparse._SubParsersAction, model_opts: argparse.Arg
     )
     search.add_argument("--uri-prefix", help="only images whose uri starts with this")
     search.add_argument("--min-score", type=unit_interval, help="only results with at least this cosine")
+    search.add_argument(
+        "--server",
+        metavar="URL",
+        help="send the query to a running pe-search server (default: PE_SEARCH_URL) instead of loading a model here; "
+        "PE_SEARCH_API_KEY is sent as its key",
+    )
     search.add_argument("--json", action="store_true")
     search.set_defaults(func=cmd_search, loads_model=True)

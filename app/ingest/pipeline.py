@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from app.errors import ImageLoadError
 from app.ingest.sources import Rejected, SourceItem
@@ -52,7 +51,7 @@ class Prepared:
     height: int
     format: str | None
     byte_size: int
-    pixels: torch.Tensor
+    pixels: np.ndarray
 
 
 @dataclass

@@ -20,8 +20,6 @@ from index.errors import MissingVectorError
 from index.store import VectorStore
 
 if TYPE_CHECKING:
-    import torch
-
     from app.model.encoder import PEEncoder
 
 # A crash loses at most this much indexing work: the vectors are in the database anyway.
@@ -106,9 +104,9 @@ class RunClock:
             self.report()
 
 
-def embed_unique(encoder: PEEncoder, pixels: Iterable[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+def embed_unique(encoder: PEEncoder, pixels: Iterable[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """A vector per sha256 of the (sha256, pixels) pairs: content repeated in a batch goes through the model once."""
-    unique: dict[str, torch.Tensor] = {}
+    unique: dict[str, np.ndarray] = {}
     for sha256, tensor in pixels:
         unique.setdefault(sha256, tensor)
     if not unique:

@@ -1,90 +1,34 @@
-"""The PE-Core model object: load once, then embed images and texts in batches."""
+"""The PE-Core model object: load once, then embed images and texts in batches, on whichever runtime serves.
+
+Torch-free: preprocessing is NumPy and Pillow, tokenizing is `tokenizers`, and each tower comes from
+`TowerLoader` (ONNX Runtime or OpenVINO from the export cache, or torch). Inputs and outputs are NumPy.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import open_clip
-import torch
 from PIL import Image
 
-from app.model import precision
+from app.model.loading import KINDS, ModelOptions, Tower, TowerLoader
 from app.model.precision import TowerMode
-from app.model.variants import PE_INTERPOLATION, PE_MEAN, PE_RESIZE_MODE, PE_STD, Variant
-from app.model.weights import (
-    HUB,
-    RANDOM,
-    RANDOM_WEIGHTS_SEED,
-    describe_source,
-    fetch_hub_checkpoint,
-    load_weights_file,
-)
+from app.model.preprocess import PETransform, stack
+from app.model.tokenizer import PETokenizer
+from app.model.variants import Variant
+from app.model.weights import HUB, RANDOM, describe_source
 
 log = logging.getLogger(__name__)
 # Called after each forward pass with (kind: "image" or "text", items in the pass, seconds).
 ForwardObserver = Callable[[str, int, float], None]
-KINDS = ("image", "text")
 # Items per forward pass when not set: a GPU needs large batches to stay busy, a CPU does not.
 DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
-# Fixed inputs on which each reduced-precision mode is compared with fp32 before it is used.
-PROBE_TEXTS = (
-    "a photo of a dog",
-    "a red car parked on a street at night",
-    "two people hiking in the mountains",
-    "a bowl of soup",
-    "an aerial view of a city",
-    "a close-up of a cat's face",
-    "text on a white page",
-    "a sunset",
-)
-PROBE_IMAGES = 8
-
-
-def pe_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
-    """PE's inference transform: squash resize (bilinear, antialiased), [0, 1], mean = std = 0.5."""
-    return open_clip.image_transform(
-        image_size,
-        is_train=False,
-        mean=PE_MEAN,
-        std=PE_STD,
-        interpolation=PE_INTERPOLATION,
-        resize_mode=PE_RESIZE_MODE,
-    )
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"PE_SEARCH_DEVICE={device} but CUDA is not available on this host")
-    return resolved
-
-
-def check_precision(requested: str, kind: str, device: torch.device) -> None:
-    """Refuse a mode this device or tower cannot run, before any weights load."""
-    if requested not in precision.PRECISIONS:
-        raise ValueError(f"unknown {kind} precision {requested!r}; valid: {', '.join(precision.PRECISIONS)}")
-    if requested == "int8" and device.type != "cpu":
-        raise ValueError("int8 (dynamic quantisation) runs on the CPU only; use auto, fp16 or bf16 on CUDA")
-    if requested == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is for CUDA; on the CPU use bf16 or int8")
-    if requested == "bf16" and device.type == "cpu" and not precision.cpu_has_native_bf16():
-        log.warning("%s tower in bf16 on a CPU without native bf16: emulated, and slower than fp32", kind)
-
-
-def probe_pixels(image_size: int, count: int = PROBE_IMAGES) -> torch.Tensor:
-    """Deterministic smooth images, already normalised to PE's [-1, 1] input range."""
-    generator = torch.Generator().manual_seed(0)
-    coarse = torch.randn(count, 3, 8, 8, generator=generator)
-    return torch.tanh(torch.nn.functional.interpolate(coarse, size=image_size, mode="bicubic", align_corners=False))
 
 
 @dataclass(frozen=True)
@@ -96,10 +40,13 @@ class EncoderInfo:
     text_precision: str
     weights: str
     random_weights: bool
+    # Per tower: the runtime, precision and measured cosine to torch fp32 (None until the tower loads).
+    towers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class PEEncoder:
-    """One PE-Core variant on one device. `load()` once, then `embed_*` from one thread."""
+    """One PE-Core variant. `load()` once (or let the first `embed_*` of each kind load its tower),
+    then `embed_*` from up to `workers` threads at a time."""
 
     def __init__(
         self,
@@ -107,166 +54,141 @@ class PEEncoder:
         *,
         weights: str = HUB,
         device: str = "auto",
+        runtime: str = "auto",
         cache_dir: Path | None = None,
+        export_dir: Path | None = None,
         batch_size: int | None = None,
         image_precision: str = "auto",
         text_precision: str = "auto",
         compile: bool = False,
         compile_backend: str = "inductor",
+        threads: int = 0,
+        workers: int = 1,
         on_forward: ForwardObserver | None = None,
     ) -> None:
         self.variant = variant
         self.weights = weights
-        self.device = resolve_device(device)
-        self.cache_dir = cache_dir
-        self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, DEFAULT_BATCH["cpu"])
-        self.requested = {"image": image_precision, "text": text_precision}
-        for kind in KINDS:
-            check_precision(self.requested[kind], kind, self.device)
-        self.compile = compile
-        self.compile_backend = compile_backend
-        self.modes: dict[str, TowerMode] = {}
-        self._towers: dict[str, torch.nn.Module] = {}
+        options = ModelOptions(
+            weights=weights,
+            device=device,
+            runtime=runtime,
+            cache_dir=cache_dir,
+            export_dir=export_dir,
+            image_precision=image_precision,
+            text_precision=text_precision,
+            compile=compile,
+            compile_backend=compile_backend,
+            threads=threads,
+            workers=workers,
+        )
+        self.loader = TowerLoader(variant, options)  # checks the request: an impossible one fails here
+        self.device = self.loader.device
+        self.batch_size = batch_size or DEFAULT_BATCH.get(self.device, DEFAULT_BATCH["cpu"])
+        self.workers = max(1, workers)
+        self.transform = PETransform(variant.image_size)
         self.on_forward = on_forward
-        self.transform = pe_transform(variant.image_size)
-        self.tokenizer = open_clip.get_tokenizer(variant.open_clip_name)
-        self._model: open_clip.CustomTextCLIP | None = None
+        self._towers: dict[str, Tower] = {}
         self._lock = threading.Lock()
-        # One forward pass at a time, whoever calls (the API's model thread, an ingest job, the CLI):
-        # each pass already uses every core.
-        self._forward = threading.Lock()
+        # At most `workers` forward passes at once, whoever calls (the API's model threads, an ingest, the CLI).
+        self._slots = threading.BoundedSemaphore(self.workers)
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return bool(self._towers)
+
+    @property
+    def tokenizer(self) -> PETokenizer:
+        return self.loader.tokenizer()
+
+    @property
+    def modes(self) -> dict[str, TowerMode]:
+        return {kind: tower.mode for kind, tower in self._towers.items()}
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        return {kind: self._towers[kind].runtime if kind in self._towers else self.loader.plans[kind] for kind in KINDS}
 
     @property
     def info(self) -> EncoderInfo:
+        towers: dict[str, dict[str, Any]] = {
+            kind: {
+                "runtime": self.runtimes[kind],
+                "precision": tower.mode.precision if (tower := self._towers.get(kind)) else None,
+                "cosine_to_fp32": tower.mode.cosine if tower else None,
+            }
+            for kind in KINDS
+        }
         return EncoderInfo(
             model=self.variant.version_id,
             dim=self.variant.dim,
-            device=str(self.device),
-            image_precision=self._mode("image").precision,
-            text_precision=self._mode("text").precision,
+            device=self.device,
+            image_precision=towers["image"]["precision"] or self.loader.options.image_precision,
+            text_precision=towers["text"]["precision"] or self.loader.options.text_precision,
             weights=describe_source(self.weights),
             random_weights=self.weights == RANDOM,
+            towers=towers,
         )
 
     @property
     def logit_scale(self) -> float:
-        return float(self._require_model().logit_scale.exp().item())
+        return self.loader.logit_scale()
 
-    def load(self) -> PEEncoder:
-        """Build the architecture and load its weights; idempotent and thread-safe."""
-        with self._lock:
-            if self._model is None:
-                model = self._build()
-                with torch.inference_mode():
-                    self._towers = {kind: self._configure(model, kind) for kind in KINDS}
-                self._model = model
+    def load(self, kinds: Sequence[str] = KINDS) -> PEEncoder:
+        """Load the given towers (both by default); idempotent and thread-safe."""
+        for kind in kinds:
+            self.tower(kind)
+        self.loader.release_torch()
+        if "text" in kinds:
+            self.tokenizer  # noqa: B018 - loaded now, not on the first request
         return self
 
-    def _build(self) -> open_clip.CustomTextCLIP:
-        name = self.variant.open_clip_name
-        if self.weights == RANDOM:
-            log.warning(
-                "Building %s with RANDOM weights: embeddings are meaningless. For tests and development only.",
-                self.variant.version_id,
-            )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_WEIGHTS_SEED)
-                model = open_clip.create_model(name, pretrained=None)
-        else:
-            model = open_clip.create_model(name, pretrained=None)
-            path = fetch_hub_checkpoint(self.variant, self.cache_dir) if self.weights == HUB else self.weights
-            load_weights_file(model, path)
-            log.info("Loaded %s weights from %s", self.variant.version_id, path)
-        return model.to(self.device).eval()
+    def tower(self, kind: str) -> Tower:
+        with self._lock:
+            tower = self._towers.get(kind)
+            if tower is None:
+                began = time.perf_counter()
+                tower = self._towers[kind] = self.loader.tower(kind)
+                log.info("%s, loaded in %.1f s", self.loader.describe(kind, tower), time.perf_counter() - began)
+            return tower
 
-    def _require_model(self) -> open_clip.CustomTextCLIP:
-        if self._model is None:
-            raise RuntimeError(f"{self.variant.version_id} is not loaded; call load() first")
-        return self._model
+    def _require(self, kind: str) -> Tower:
+        """The tower, loaded now if `load` did not: a text search need never load the image tower."""
+        return self.tower(kind)
 
-    def _mode(self, kind: str) -> TowerMode:
-        return self.modes.get(kind) or TowerMode(self.requested[kind])
-
-    def _configure(self, model: open_clip.CustomTextCLIP, kind: str) -> torch.nn.Module:
-        """Choose the tower's precision against fp32 on the probe set, then compile it if asked."""
-        fp32 = model.visual if kind == "image" else model.text
-        probe = probe_pixels(self.variant.image_size) if kind == "image" else self.tokenizer(list(PROBE_TEXTS))
-        probe = probe.to(self.device)
-        towers = {"fp32": fp32}
-
-        def embed(mode: str) -> torch.Tensor:
-            if mode == "int8" and mode not in towers:
-                towers[mode] = precision.quantize_int8(fp32, text=kind == "text")
-            with precision.autocast(self.device, mode):
-                return towers.get(mode, fp32)(probe).float()
-
-        self.modes[kind] = mode = precision.choose(self.requested[kind], kind=kind, device=self.device, embed=embed)
-        log.info(
-            "%s %s tower runs in %s (cosine to fp32 on probe set: %s)",
-            self.variant.version_id,
-            kind,
-            mode.precision,
-            "n/a" if mode.cosine is None else f"{mode.cosine:.5f}",
-        )
-        tower = towers.get(mode.precision, fp32)
-        if tower is not fp32:
-            # The quantised copy replaces the fp32 tower, whose memory is then freed.
-            setattr(model, "visual" if kind == "image" else "text", tower)
-        if self.compile:
-            # dynamic: batch sizes vary from pass to pass, and must not each trigger a recompile.
-            tower = torch.compile(tower, dynamic=True, backend=self.compile_backend)
-            with precision.autocast(self.device, mode.precision):
-                tower(probe)  # compile now, not on the first request
-        return tower
-
-    @contextlib.contextmanager
-    def _inference(self, kind: str) -> Iterator[None]:
-        with torch.inference_mode(), precision.autocast(self.device, self.modes[kind].precision):
-            yield
-
-    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda":
-            return batch
-        # Pinned host memory lets the copy run asynchronously, overlapping the next batch's stacking.
-        return batch.pin_memory().to(self.device, non_blocking=True)
-
-    def _forward_tower(self, kind: str, batch: torch.Tensor) -> torch.Tensor:
-        return self._towers[kind](self._to_device(batch))
-
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(image) for image in images])
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return stack([self.transform(image) for image in images])
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """L2-normalised float32 embeddings, shape (len(images), dim)."""
-        self._require_model()
-        return self._batched("image", images, lambda chunk: self._forward_tower("image", self.preprocess(chunk)))
+        tower = self._require("image")
+        return self._batched(tower, images, self.preprocess)
 
-    def embed_pixels(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+    def embed_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Like embed_images, for images already through `transform` (e.g. in decode threads)."""
-        self._require_model()
-        return self._batched("image", pixels, lambda chunk: self._forward_tower("image", torch.stack(list(chunk))))
+        tower = self._require("image")
+        return self._batched(tower, pixels, lambda chunk: stack(list(chunk)))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 embeddings, shape (len(texts), dim)."""
-        self._require_model()
-        return self._batched("text", texts, lambda chunk: self._forward_tower("text", self.tokenizer(list(chunk))))
+        tower = self._require("text")
+        return self._batched(tower, texts, lambda chunk: self.tokenizer(list(chunk)))
 
-    def _batched(self, kind: str, items: Sequence, forward: Callable[[Sequence], torch.Tensor]) -> np.ndarray:
+    def _batched(self, tower: Tower, items: Sequence, prepare: Callable[[Sequence], np.ndarray]) -> np.ndarray:
         if not items:
             return np.zeros((0, self.variant.dim), dtype=np.float32)
         out = []
-        with self._forward, self._inference(kind):
+        with self._slots:
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start : start + self.batch_size]
                 began = time.perf_counter()
-                features = forward(chunk)
-                # Normalised in fp32, whatever precision the tower ran in.
-                features = torch.nn.functional.normalize(features.float(), dim=-1)
-                out.append(features.cpu().numpy())  # on CUDA, waits for the pass: the time below is real
+                features = tower(prepare(chunk)).astype(np.float32, copy=False)
+                out.append(_normalise(features))
                 if self.on_forward is not None:
-                    self.on_forward(kind, len(chunk), time.perf_counter() - began)
-        return np.concatenate(out).astype(np.float32, copy=False)
+                    self.on_forward(tower.kind, len(chunk), time.perf_counter() - began)
+        return np.concatenate(out)
+
+
+def _normalise(features: np.ndarray) -> np.ndarray:
+    """L2 normalisation in fp32, whatever precision the tower ran in (as torch's F.normalize, eps 1e-12)."""
+    norms = np.linalg.norm(features, axis=-1, keepdims=True)
+    return features / np.maximum(norms, np.float32(1e-12))

@@ -1,33 +1,30 @@
-"""Reduced-precision inference modes, per tower, each checked against fp32 on the same weights.
+"""Inference modes per tower, and the guards that decide whether a mode may serve.
 
 A mode trades accuracy for speed, so `auto` only takes one whose embeddings of a fixed
 probe set stay within COSINE_GUARD of fp32 on the weights actually loaded. On the CPU,
-bf16 autocast pays off only with native bf16 (AVX512-BF16 or AMX); elsewhere it is
-emulated and slower. int8 (PyTorch's dynamic quantisation of the Linear layers) is never
-chosen by `auto`: it scales activations per batch, so an embedding would depend on which
-other requests shared its forward pass. It is an explicit option for bulk ingestion.
+bf16 pays off only with native bf16 (AVX512-BF16 or AMX); elsewhere it is emulated and
+slower. int8 is never chosen by `auto`: it is an explicit option for bulk ingestion.
+An exported (ONNX) tower must match torch fp32 within PARITY_GUARD, since it claims to be
+the same computation, not an approximation of it. Torch-free: the ONNX path imports this.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 import logging
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-# A mode is on by default only if every probe embedding keeps at least this cosine to fp32.
+# A reduced-precision mode is on by default only if every probe embedding keeps this cosine to fp32.
 COSINE_GUARD = 0.999
-# open_clip reads the text tower's dtype from this layer's weight, which int8 turns into a method.
-_TEXT_DTYPE_PROBE_LAYER = "transformer.resblocks.0.mlp.c_fc"
+# An exported tower serves only if every probe embedding keeps this cosine to torch fp32.
+PARITY_GUARD = 0.99999
 
 
 @functools.cache
@@ -48,45 +45,23 @@ class TowerMode:
     cosine: float | None = None
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
-    return contextlib.nullcontext()
-
-
-def quantize_int8(tower: torch.nn.Module, *, text: bool) -> torch.nn.Module:
-    """A copy of the tower with its Linear layers dynamically quantised to int8 (CPU only)."""
-    names = {name for name, module in tower.named_modules() if type(module) is torch.nn.Linear}
-    if text:
-        names.discard(_TEXT_DTYPE_PROBE_LAYER)
-    spec = {name: torch.ao.quantization.default_dynamic_qconfig for name in names}
-    with warnings.catch_warnings():
-        # PyTorch points users of eager quantisation at torchao; the API still works and ships with torch.
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(tower), spec, dtype=torch.qint8)
-
-
-def candidates(device: torch.device, kind: str) -> list[str]:
-    """Modes `auto` tries for a tower before falling back to fp32: batch-invariant ones only."""
-    if device.type == "cuda":
-        return ["bf16" if torch.cuda.is_bf16_supported() else "fp16"]
-    # Text passes are short; bf16 autocast has been measured slower than fp32 there at batch > 1.
-    return ["bf16"] if cpu_has_native_bf16() and kind == "image" else []
-
-
-def min_cosine(reference: torch.Tensor, other: torch.Tensor) -> float:
-    return float(torch.nn.functional.cosine_similarity(reference.float(), other.float(), dim=-1).min())
+def min_cosine(reference: np.ndarray, other: np.ndarray) -> float:
+    reference = np.asarray(reference, dtype=np.float64)
+    other = np.asarray(other, dtype=np.float64)
+    dots = np.sum(reference * other, axis=-1)
+    norms = np.linalg.norm(reference, axis=-1) * np.linalg.norm(other, axis=-1)
+    return float(np.min(dots / np.maximum(norms, 1e-30)))
 
 
 def choose(
     requested: str,
     *,
     kind: str,
-    device: torch.device,
-    embed: Callable[[str], torch.Tensor],
+    candidates: Sequence[str],
+    embed: Callable[[str], np.ndarray],
 ) -> TowerMode:
-    """The mode a tower runs in. `embed(mode)` embeds the fixed probe set in that mode."""
+    """The mode a tower runs in. `embed(mode)` embeds the fixed probe set in that mode;
+    `candidates` are the modes `auto` may take, best first, before falling back to fp32."""
     if requested == "fp32":
         return TowerMode("fp32")
     if requested != "auto":
@@ -100,11 +75,10 @@ def choose(
                 COSINE_GUARD,
             )
         return TowerMode(requested, checked)
-    options = candidates(device, kind)
-    if not options:
+    if not candidates:
         return TowerMode("fp32")
     reference = embed("fp32")
-    for option in options:
+    for option in candidates:
         cosine = min_cosine(reference, embed(option))
         if cosine >= COSINE_GUARD:
             return TowerMode(option, cosine)

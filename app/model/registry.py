@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from app.model.encoder import EncoderInfo, PEEncoder
+from app.model.loading import KINDS
 from app.model.variants import get_variant
 from app.settings import Settings
 
@@ -33,33 +34,40 @@ class ModelRegistry:
             get_variant(version_id),
             weights=self.settings.weights,
             device=self.settings.device,
+            runtime=self.settings.runtime,
             cache_dir=self.settings.cache_dir,
+            export_dir=self.settings.export_dir,
             batch_size=self.settings.inference_batch,
             image_precision=self.settings.image_precision,
             text_precision=self.settings.text_precision,
             compile=self.settings.compile,
+            threads=self.settings.torch_threads,
+            workers=self.settings.workers,
             on_forward=partial(self.on_forward, version_id) if self.on_forward else None,
         )
 
-    def get(self, version_id: str | None = None) -> PEEncoder:
-        """The loaded encoder for a version id, loading it first if needed (blocking)."""
+    def get(self, version_id: str | None = None, *, towers: Sequence[str] = KINDS) -> PEEncoder:
+        """The encoder for a version id with `towers` loaded (blocking); the others load on first use."""
         version_id = version_id or self.default_id
         get_variant(version_id)  # unknown ids fail here, before any lock or load
         with self._lock:
             encoder = self._encoders.get(version_id)
             if encoder is not None:
                 self._encoders.move_to_end(version_id)
-                return encoder
+        if encoder is not None:
+            return encoder.load(towers)
+        with self._lock:
             load_lock = self._load_locks.setdefault(version_id, threading.Lock())
         with load_lock:
             with self._lock:
                 if version_id in self._encoders:
                     return self._encoders[version_id]
-            encoder = self._new_encoder(version_id).load()
+            encoder = self._new_encoder(version_id).load(towers)
             with self._lock:
                 self._encoders[version_id] = encoder
                 self._evict()
-        log.info("Model %s ready on %s", version_id, encoder.info.device)
+        if encoder.loaded:
+            log.info("Model %s ready on %s", version_id, encoder.info.device)
         return encoder
 
     def load_default(self) -> None:

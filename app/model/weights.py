@@ -7,16 +7,16 @@ layout, converted on load), or random weights for tests and development.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
-
-import torch
-from open_clip.factory import load_checkpoint, load_state_dict
-from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-from timm.models.eva import checkpoint_filter_fn
+from typing import TYPE_CHECKING
 
 from app.errors import WeightsError
 from app.model.variants import Variant
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def describe_source(weights: str) -> str:
 
 def fetch_hub_checkpoint(variant: Variant, cache_dir: Path | None) -> str:
     """Download (or reuse from the cache) the open_clip weights for a variant."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
     cfg = get_pretrained_cfg(variant.open_clip_name, "meta")
     if not cfg:
         raise WeightsError(f"open_clip knows no 'meta' weights for {variant.open_clip_name}")
@@ -60,8 +62,23 @@ def cached_hub_checkpoint(variant: Variant, cache_dir: Path | None) -> str | Non
     return None
 
 
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a weights file: what identifies the weights an export was made from. A file the hub
+    cached is named by its sha256 already (a blob of an LFS repository), so it is not read again."""
+    resolved = Path(path).resolve()
+    if len(resolved.name) == 64 and all(c in "0123456789abcdef" for c in resolved.name):
+        return resolved.name
+    digest = hashlib.sha256()
+    with resolved.open("rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_weights_file(model: torch.nn.Module, path: str | Path) -> None:
     """Load a checkpoint file of either layout into an open_clip PE-Core model."""
+    from open_clip.factory import load_checkpoint, load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"Checkpoint file not found: {path}")
@@ -93,6 +110,8 @@ def convert_meta_state_dict(state: dict, model: torch.nn.Module) -> dict:
     The vision tower goes through timm's own PE converter; Meta's text tower uses
     the names open_clip's text transformer has, one level up.
     """
+    from timm.models.eva import checkpoint_filter_fn
+
     trunk: torch.nn.Module = model.get_submodule("visual.trunk")
     visual = checkpoint_filter_fn({k: v for k, v in state.items() if k.startswith("visual.")}, trunk)
     trunk_keys = trunk.state_dict().keys()

@@ -3,14 +3,16 @@
 Each model and kind (text, image) has a queue and a worker. The worker takes the first
 waiting request, every request already queued behind it, and whatever arrives within
 `max_wait_ms`, up to `max_batch` items, and runs them through the model in one call on
-the inference thread. While that pass runs, new requests queue up for the next one, so
-under load batches form by themselves; alone, a request waits at most `max_wait_ms`.
+an inference thread. Up to the runner's `workers` passes run at once; while they do, new
+requests queue up for the next one, so under load batches form by themselves; alone, a
+request waits at most `max_wait_ms`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ class MicroBatcher:
         # A queue and its worker belong to the event loop that made them (one per server;
         # tests may run several): a different loop gets its own.
         self._queues: dict[tuple[str, str], tuple[asyncio.AbstractEventLoop, asyncio.Queue[_Job], asyncio.Task]] = {}
+        self._passes: set[asyncio.Task] = set()
 
     async def texts(self, encoder: PEEncoder, texts: Sequence[str]) -> np.ndarray:
         return await self._submit(encoder, "text", list(texts))
@@ -63,10 +66,14 @@ class MicroBatcher:
 
     async def _work(self, queue: asyncio.Queue[_Job], kind: str) -> None:
         carried: _Job | None = None
+        slots = asyncio.Semaphore(self.runner.workers)
         while True:
             first = carried or await queue.get()
+            await slots.acquire()  # gather only once a worker is free: waiting requests join this pass
             batch, carried = await self._gather(queue, first)
-            await self._run(batch, kind)
+            task = asyncio.create_task(self._run(batch, kind))
+            self._passes.add(task)
+            task.add_done_callback(functools.partial(self._finished, slots))
 
     async def _gather(self, queue: asyncio.Queue[_Job], first: _Job) -> tuple[list[_Job], _Job | None]:
         """Jobs for one pass: same encoder object (a reloaded model is another), at most max_batch items."""
@@ -103,6 +110,10 @@ class MicroBatcher:
             if not job.future.done():  # a client that went away leaves a cancelled future
                 job.future.set_result(vectors[start : start + len(job.items)])
             start += len(job.items)
+
+    def _finished(self, slots: asyncio.Semaphore, task: asyncio.Task) -> None:
+        self._passes.discard(task)
+        slots.release()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

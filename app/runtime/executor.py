@@ -15,11 +15,13 @@ T = TypeVar("T")
 
 
 class InferenceRunner:
-    """Runs model calls one at a time on a dedicated thread: torch already uses every core
-    inside one forward pass, so concurrent passes would only contend."""
+    """Runs model calls on `workers` dedicated threads. One worker's pass uses every core; with N,
+    each pass runs on its share of the cores (the encoder's sessions are sized so), which keeps the
+    cores busy through the serial parts of a pass when requests arrive concurrently."""
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pe-inference")
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pe-inference")
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

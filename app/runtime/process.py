@@ -7,6 +7,7 @@ and a test or an embedding application keeps its own.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from app.settings import Settings
@@ -32,11 +33,18 @@ def configure_logging(level: str) -> None:
 
 
 def configure_threads(settings: Settings) -> None:
-    """Threads for one forward pass (PE_SEARCH_TORCH_THREADS); 0 keeps PyTorch's default of one per core."""
-    if settings.torch_threads:
+    """Torch's threads for one forward pass, where torch runs the towers: the cores shared among the model
+    workers, or PE_SEARCH_TORCH_THREADS. The exported runtimes take theirs per session instead, and a process
+    on them must not import torch for this."""
+    if settings.runtime != "torch" and not settings.device.startswith("cuda"):
+        return
+    threads = settings.torch_threads or (
+        max(1, (os.cpu_count() or 1) // settings.workers) if settings.workers > 1 else 0
+    )
+    if threads:
         import torch
 
-        torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(threads)
 
 
 def configure_process(settings: Settings) -> None:

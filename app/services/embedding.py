@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from app.errors import InvalidInputError, PayloadTooLargeError, TooManyItemsError
 from app.media.image_ref import ImageLoader, ImageRef
@@ -84,12 +83,13 @@ class Embedder:
             raise TooManyItemsError(count, self.max_items)
 
     async def encoder(self, version_id: str | None) -> PEEncoder:
-        return await run_blocking(self.registry.get, version_id)
+        # Towers not loaded yet load on first use, on the model thread: a text search never loads the image tower.
+        return await run_blocking(self.registry.get, version_id, towers=())
 
-    async def _load_images(self, encoder: PEEncoder, items: Sequence[PromptItem]) -> list[torch.Tensor]:
+    async def _load_images(self, encoder: PEEncoder, items: Sequence[PromptItem]) -> list[np.ndarray]:
         """Fetch, decode and PE-preprocess each image in a worker thread, off the model thread."""
 
-        def load(item: PromptItem) -> torch.Tensor:
+        def load(item: PromptItem) -> np.ndarray:
             return encoder.transform(self.loader.load_ref(item))
 
         return list(await asyncio.gather(*(run_blocking(load, item) for item in items)))
@@ -99,7 +99,7 @@ class Embedder:
         encoder = await self.encoder(version_id)
         return await self.batcher.images(encoder, await self._load_images(encoder, images))
 
-    async def embed_pixels(self, encoder: PEEncoder, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+    async def embed_pixels(self, encoder: PEEncoder, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Images already through `encoder.transform`, in a micro-batch like any request's."""
         return await self.batcher.images(encoder, pixels)
 

@@ -57,7 +57,7 @@ def build_services(
     """Every service over one store (opened here unless given); no model is loaded until first use."""
     encoders = build_encoders(settings, on_forward=on_forward)
     store = store or open_store(settings)
-    runner = InferenceRunner()
+    runner = InferenceRunner(settings.workers)
     batcher = MicroBatcher(
         runner,
         max_batch=settings.microbatch_max_items,

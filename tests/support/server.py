@@ -38,6 +38,7 @@ def server_env(data_dir: Path, model: str | None) -> dict[str, str]:
     env.update(
         HF_HUB_OFFLINE="1",
         PE_SEARCH_WEIGHTS="random",
+        PE_SEARCH_EXPORT_DIR=os.environ.get("PE_SEARCH_EXPORT_DIR", str(data_dir.parent / "exports")),
         PE_SEARCH_DEVICE="cpu",
         PE_SEARCH_DATA_DIR=str(data_dir),
         PYTHONUNBUFFERED="1",
