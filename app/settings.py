@@ -43,8 +43,9 @@ CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separate
 
 
 def default_workers(cores: int) -> int:
-    """One model worker per two cores, at least one: measured on 2 cores (docs/BENCHMARKS.md)."""
-    return max(1, cores // 2)
+    """One model worker: on 2 cores, two single-threaded ones gained x1.04-1.09 under concurrent load but
+    double a lone request's latency (docs/BENCHMARKS.md), so more workers are a setting, not the default."""
+    return 1
 
 
 class Settings(BaseSettings):
@@ -104,8 +105,8 @@ class Settings(BaseSettings):
     # its embeddings of a probe set keep cosine >= 0.999 to fp32 on the loaded weights; int8 only if asked.
     image_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     text_precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
-    # Which runtime runs the towers: auto = ONNX Runtime on the CPU (OpenVINO for bf16 images where the CPU
-    # has native bf16 and the `openvino` extra is installed), torch on CUDA. See docs/BENCHMARKS.md.
+    # Which runtime runs the towers: auto = ONNX Runtime on the CPU; on a CPU with native bf16, OpenVINO bf16
+    # (the `openvino` extra; without it torch bf16 for images); torch on CUDA. See docs/BENCHMARKS.md.
     runtime: Literal["auto", "torch", "onnx", "openvino"] = "auto"
     # Exported (ONNX) towers, one entry per variant and weights; default: <cache_dir>/exports, else
     # $XDG_CACHE_HOME/pe-search/exports (~/.cache/pe-search/exports).
@@ -162,7 +163,7 @@ class Settings(BaseSettings):
 
     @property
     def workers(self) -> int:
-        """Model workers: as set, else one per two cores (docs/BENCHMARKS.md, `bench runtime --workers`)."""
+        """Model workers: as set, else `default_workers` (docs/BENCHMARKS.md, `bench runtime`)."""
         return self.model_workers or default_workers(os.cpu_count() or 1)
 
     @property

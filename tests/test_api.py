@@ -7,9 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.model.encoder import PEEncoder
-from app.model.precision import cpu_has_native_bf16
 from tests.support.constants import READ_KEY, TEST_MAX_BATCH
 from tests.support.images import b64, encode, image_object, photo
+from tests.support.runtimes import expected_auto, parity_floor
 
 EMBED_IMAGE = "/perception_encoder/embed_image"
 EMBED_TEXT = "/perception_encoder/embed_text"
@@ -294,8 +294,7 @@ def test_unexpected_failure_is_500_without_details(client: TestClient, encoder: 
 
 
 def test_health_and_ready_report_model(client: TestClient) -> None:
-    # `auto` takes bf16 for the image tower on a CPU with native bf16 (its guard holds on these weights).
-    image_precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    expected = expected_auto()
     for route in ("/health", "/ready"):
         body = client.get(route).json()
         assert body["ready"] is True and body["random_weights"] is True
@@ -304,16 +303,15 @@ def test_health_and_ready_report_model(client: TestClient) -> None:
             "model": "PE-Core-T16-384",
             "dim": 512,
             "device": "cpu",
-            "image_precision": image_precision,
-            "text_precision": "fp32",
+            "image_precision": expected["image"][1],
+            "text_precision": expected["text"][1],
             "weights": "random",
             "random_weights": True,
         }
         # The runtime and precision per tower, with the measured cosine to torch fp32 that let it serve.
-        assert towers["text"]["runtime"] == "onnx" and towers["text"]["precision"] == "fp32"
-        assert towers["text"]["cosine_to_fp32"] >= 0.99999
-        assert towers["image"]["precision"] == image_precision and towers["image"]["cosine_to_fp32"] >= 0.999
-        assert towers["image"]["runtime"] in ({"openvino", "torch"} if cpu_has_native_bf16() else {"onnx"})
+        for kind, (runtime, precision) in expected_auto().items():
+            assert (towers[kind]["runtime"], towers[kind]["precision"]) == (runtime, precision)
+            assert towers[kind]["cosine_to_fp32"] >= parity_floor(kind)
     assert client.get("/ready").status_code == 200
 
 

@@ -457,7 +457,10 @@ def test_one_command_ingests_a_manifest_through_ray_into_postgresql(
         "--json",
         "--quiet",
     ]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # utf-8: Ray Data prints a check mark when a dataset finishes, whatever the locale says.
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert (summary["added"], summary["duplicates"], summary["failed"]) == (6, 0, 1)

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ class PEEncoder:
         self.transform = PETransform(variant.image_size)
         self.on_forward = on_forward
         self._towers: dict[str, Tower] = {}
-        self._lock = threading.Lock()
+        self._locks = {kind: threading.Lock() for kind in KINDS}
         # At most `workers` forward passes at once, whoever calls (the API's model threads, an ingest, the CLI).
         self._slots = threading.BoundedSemaphore(self.workers)
 
@@ -135,6 +136,11 @@ class PEEncoder:
 
     def load(self, kinds: Sequence[str] = KINDS) -> PEEncoder:
         """Load the given towers (both by default); idempotent and thread-safe."""
+        missing = [kind for kind in kinds if kind not in self._towers]
+        if len(missing) > 1:
+            # Both towers at once: reading and compiling them is I/O and single-threaded in good part.
+            with ThreadPoolExecutor(len(missing), thread_name_prefix="pe-load") as pool:
+                list(pool.map(self.tower, missing))
         for kind in kinds:
             self.tower(kind)
         self.loader.release_torch()
@@ -143,7 +149,7 @@ class PEEncoder:
         return self
 
     def tower(self, kind: str) -> Tower:
-        with self._lock:
+        with self._locks[kind]:
             tower = self._towers.get(kind)
             if tower is None:
                 began = time.perf_counter()

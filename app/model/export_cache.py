@@ -33,6 +33,7 @@ ENTRY_FORMAT = 1
 OPSET = 18
 EXPORTER = "torchscript"
 MANIFEST = "manifest.json"
+TOWER_FILES = {"image": "image.onnx", "text": "text.onnx"}
 # Bytes read at each end of a file for its fingerprint: a truncated, overwritten or half-copied file
 # changes it, and checking costs milliseconds where hashing a 1.4 GB text tower costs seconds.
 _EDGE = 1 << 20
@@ -210,6 +211,14 @@ class ExportCache:
         assert entry is not None, "an entry just published must check"
         return entry
 
+    def record_check(self, entry: Entry, name: str, value: float) -> None:
+        """Remember a measurement made on the entry (a runtime's cosine to fp32) in its manifest."""
+        with self.lock_folder(entry.path.name):
+            manifest = json.loads((entry.path / MANIFEST).read_text())
+            manifest.setdefault("checks", {})[name] = value
+            _write_manifest(entry.path, manifest)
+        entry.manifest.setdefault("checks", {})[name] = value
+
     def add_derived(self, entry: Entry, name: str, source: Path, details: dict[str, Any]) -> Entry:
         """Add a file made from the entry (a quantised tower) and record it in the manifest, atomically."""
         target = entry.path / details["file"]
@@ -217,11 +226,15 @@ class ExportCache:
         os.replace(source, target)
         manifest = json.loads((entry.path / MANIFEST).read_text())
         manifest.setdefault("derived", {})[name] = {**details, "fingerprint": fingerprint(target)}
-        staged = entry.path / f".{MANIFEST}.{uuid.uuid4().hex}"
-        staged.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        _fsync(staged)
-        os.replace(staged, entry.path / MANIFEST)
+        _write_manifest(entry.path, manifest)
         return Entry(entry.path, manifest)
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    staged = folder / f".{MANIFEST}.{uuid.uuid4().hex}"
+    staged.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    _fsync(staged)
+    os.replace(staged, folder / MANIFEST)
 
 
 def _fsync(path: Path) -> None:

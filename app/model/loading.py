@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from app.model import precision
-from app.model.export_cache import Entry, ExportCache, ExportKey, default_root, weights_identity
-from app.model.onnx_towers import OpenVinoTower, OrtTower, available
+from app.model.export_cache import TOWER_FILES, Entry, ExportCache, ExportKey, default_root, weights_identity
+from app.model.onnx_towers import OrtTower, available
 from app.model.precision import COSINE_GUARD, PARITY_GUARD, TowerMode
 from app.model.probes import PROBE_FILE, probe_inputs
 from app.model.tokenizer import PETokenizer
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 KINDS = ("image", "text")
 RUNTIMES = ("auto", "torch", "onnx", "openvino")
-TOWER_FILES = {"image": "image.onnx", "text": "text.onnx"}
 
 
 class Tower(Protocol):
@@ -79,9 +78,12 @@ def device_type(device: str) -> str:
 def plan_runtime(
     kind: str, *, runtime: str, requested: str, device: str, installed: dict[str, bool], native_bf16: bool
 ) -> str:
-    """The runtime a tower runs on; ValueError for a combination that cannot run. Measured on PE-Core-B16
-    (docs/BENCHMARKS.md): ONNX Runtime beats torch eager in fp32 on the CPU, image and text; on a CPU with
-    native bf16, bf16 beats fp32 by x2-3 for images, and OpenVINO runs it without torch."""
+    """The runtime a tower runs on; ValueError for a combination that cannot run. The rule follows the
+    measurements in docs/BENCHMARKS.md (PE-Core-B16, 2 cores): in fp32 ONNX Runtime beats torch eager
+    (text x1.4 at batch 1, image about even to x2.5 by CPU); on a CPU with native bf16, bf16 wins x2-4,
+    and OpenVINO runs it without torch (a process starts in seconds, not tens of seconds). Torch's bf16
+    images are faster still at batch 8 (22 img/s against 14), so without OpenVINO images go to torch;
+    torch's bf16 text is slower than its fp32, so text then stays on ONNX Runtime."""
     if requested not in precision.PRECISIONS:
         raise ValueError(f"unknown {kind} precision {requested!r}; valid: {', '.join(precision.PRECISIONS)}")
     if runtime not in RUNTIMES:
@@ -107,9 +109,13 @@ def plan_runtime(
 
 
 def _auto_cpu(kind: str, requested: str, installed: dict[str, bool], native_bf16: bool) -> str:
-    wants_bf16 = requested == "bf16" or (requested == "auto" and kind == "image" and native_bf16)
-    if wants_bf16:
+    if requested == "bf16":
         return "openvino" if installed["openvino"] else "torch"
+    if requested == "auto" and native_bf16:
+        if installed["openvino"]:
+            return "openvino"
+        if kind == "image":
+            return "torch"
     return "onnx" if installed["onnx"] else "torch"
 
 
@@ -142,11 +148,14 @@ class TowerLoader:
         return ExportCache(self.options.export_dir or default_root(self.options.cache_dir))
 
     def tower(self, kind: str) -> Tower:
+        """Load one tower. Towers of different kinds may load at once (the lock only covers the shared
+        export entry and torch model), so a server's start-up waits for the slower, not the sum."""
         with self._lock:
             runtime = self.plans[kind]
-            if runtime == "torch":
-                return self._torch_tower(kind)
-            entry = self.entry()
+            entry = None if runtime == "torch" else self.entry()
+        if entry is None:
+            return self._torch_tower(kind)
+        with self._lock:
             if entry.parity(kind) < PARITY_GUARD:
                 log.warning(
                     "%s %s tower: the ONNX export's cosine to torch fp32 is %.7f, under the %.5f guard: torch serves",
@@ -156,8 +165,10 @@ class TowerLoader:
                     PARITY_GUARD,
                 )
                 self.plans[kind] = "torch"
-                return self._torch_tower(kind)
-            return self._exported(kind, runtime, entry)
+                runtime = "torch"
+        if runtime == "torch":
+            return self._torch_tower(kind)
+        return self._exported(kind, runtime, entry)
 
     def tokenizer(self) -> PETokenizer:
         with self._lock:
@@ -263,26 +274,9 @@ class TowerLoader:
             return OrtTower(
                 kind, path, TowerMode("fp32", entry.parity(kind)), threads=threads, spin=self.options.workers == 1
             )
-        return self._openvino(kind, path, entry, requested, threads)
+        from app.model.openvino_modes import openvino_tower
 
-    def _openvino(self, kind: str, path: Path, entry: Entry, requested: str, threads: int) -> Tower:
-        reference = self.reference(entry, kind)
-        probe = probe_inputs(self.variant, self.tokenizer())[kind]
-        compiled: dict[str, OpenVinoTower] = {}
-
-        def embed(mode: str) -> np.ndarray:
-            if mode == "fp32":
-                return reference
-            compiled[mode] = OpenVinoTower(kind, path, TowerMode(mode), threads=threads)
-            return compiled[mode](probe)
-
-        candidates = ["bf16"] if kind == "image" and precision.cpu_has_native_bf16() else []
-        mode = precision.choose(requested, kind=kind, candidates=candidates, embed=embed)
-        if mode.precision == "fp32":
-            mode = TowerMode("fp32", entry.parity(kind))
-        tower = compiled.get(mode.precision) or OpenVinoTower(kind, path, mode, threads=threads)
-        tower.mode = mode
-        return tower
+        return openvino_tower(self, kind, entry, requested=requested, threads=threads)
 
     @staticmethod
     def reference(entry: Entry, kind: str) -> np.ndarray:

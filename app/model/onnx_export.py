@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.model.export_cache import OPSET, Entry, ExportCache, ExportKey
+from app.model.export_cache import OPSET, TOWER_FILES, Entry, ExportCache, ExportKey
 from app.model.onnx_towers import OrtTower
 from app.model.precision import PARITY_GUARD, TowerMode, min_cosine
 from app.model.probes import PROBE_FILE, probe_inputs
@@ -24,7 +24,6 @@ from app.model.torch_towers import TorchModel, TorchTower
 
 log = logging.getLogger(__name__)
 
-TOWER_FILES = {"image": "image.onnx", "text": "text.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
 
 

@@ -62,10 +62,24 @@ def choose(
 ) -> TowerMode:
     """The mode a tower runs in. `embed(mode)` embeds the fixed probe set in that mode;
     `candidates` are the modes `auto` may take, best first, before falling back to fp32."""
+    reference: list[np.ndarray] = []
+
+    def cosine(mode: str) -> float:
+        if not reference:
+            reference.append(embed("fp32"))
+        return min_cosine(reference[0], embed(mode))
+
+    return choose_by_cosine(requested, kind=kind, candidates=candidates, cosine=cosine)
+
+
+def choose_by_cosine(
+    requested: str, *, kind: str, candidates: Sequence[str], cosine: Callable[[str], float]
+) -> TowerMode:
+    """`choose`, given each mode's cosine to fp32 on the probe set (measured now, or remembered)."""
     if requested == "fp32":
         return TowerMode("fp32")
     if requested != "auto":
-        checked = min_cosine(embed("fp32"), embed(requested))
+        checked = cosine(requested)
         if checked < COSINE_GUARD:
             log.warning(
                 "%s tower in %s as asked: cosine to fp32 is %.5f on these weights, under the %.3f guard",
@@ -75,14 +89,11 @@ def choose(
                 COSINE_GUARD,
             )
         return TowerMode(requested, checked)
-    if not candidates:
-        return TowerMode("fp32")
-    reference = embed("fp32")
     for option in candidates:
-        cosine = min_cosine(reference, embed(option))
-        if cosine >= COSINE_GUARD:
-            return TowerMode(option, cosine)
+        measured = cosine(option)
+        if measured >= COSINE_GUARD:
+            return TowerMode(option, measured)
         log.info(
-            "%s tower: %s kept off, cosine to fp32 %.5f < %.3f on these weights", kind, option, cosine, COSINE_GUARD
+            "%s tower: %s kept off, cosine to fp32 %.5f < %.3f on these weights", kind, option, measured, COSINE_GUARD
         )
     return TowerMode("fp32")

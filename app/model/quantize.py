@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.model.calibration import CAPTIONS, calibration_images
-from app.model.export_cache import Entry, ExportCache
+from app.model.export_cache import TOWER_FILES, Entry, ExportCache
 from app.model.onnx_towers import OrtTower
 from app.model.precision import COSINE_GUARD, TowerMode, min_cosine
 from app.model.probes import probe_inputs
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOWER_FILES = {"image": "image.onnx", "text": "text.onnx"}
 # Protobuf's limit: a larger model keeps its weights in a side file.
 _PROTOBUF_LIMIT = 2 * 1024**3 - 1024**2
 
