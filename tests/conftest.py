@@ -6,6 +6,7 @@ Fixtures only; the helpers and constants they use are in tests/support/.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 # Nothing in the suite may reach the model hub; fail fast instead of waiting on the network.
@@ -49,6 +50,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "postgres_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _export_cache_removed_at_the_end() -> Iterator[None]:
+    """The session's export cache holds hundreds of MB of ONNX: gone with the session (if it made it)."""
+    yield
+    root = os.environ["XDG_CACHE_HOME"]
+    if os.path.basename(root).startswith("pe-search-test-cache-"):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

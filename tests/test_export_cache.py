@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,16 +83,22 @@ def test_a_later_process_loads_the_export_without_importing_torch(encoder: PEEnc
 
 
 @pytest.fixture()
-def entry_copy(encoder: PEEncoder, tmp_path: Path) -> tuple[Path, ExportKey]:
-    """A private copy of the session's export entry, to damage."""
+def entry_copy(encoder: PEEncoder, tmp_path: Path) -> Iterator[tuple[Path, ExportKey]]:
+    """A private copy of the session's export entry, to damage: hard links (no disk), each file made a
+    real copy by `_damage` before it is changed, so the session's entry stays whole."""
     entry = encoder.loader.entry()
     key = ExportKey(**json.loads((entry.path / "manifest.json").read_text())["key"])
     root = tmp_path / "exports"
-    shutil.copytree(entry.path, root / key.folder)
-    return root, key
+    shutil.copytree(entry.path, root / key.folder, copy_function=os.link, ignore=shutil.ignore_patterns("openvino"))
+    yield root, key
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _damage(path: Path, how: str) -> None:
+    if how != "missing":  # never write through a hard link into the session's entry
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
     if how == "truncated":
         with path.open("r+b") as file:
             file.truncate(path.stat().st_size // 2)
@@ -116,6 +123,7 @@ def test_an_entry_for_other_weights_or_versions_is_not_trusted(entry_copy: tuple
     for other in (replace(key, weights="sha256:" + "0" * 64), replace(key, torch="0.0"), replace(key, opset=17)):
         assert check_entry(root / key.folder, other) is None
         assert other.folder != key.folder  # and it would never be looked for there
+    (root / key.folder / "manifest.json").unlink()  # a link: replaced, not written through
     (root / key.folder / "manifest.json").write_text("{not json")
     assert check_entry(root / key.folder, key) is None
 
