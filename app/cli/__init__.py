@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from app.cli.args import print_json
 from app.cli.index_commands import add_commands, load_encoder
 from app.model.variants import VARIANTS
-from app.runtime.process import configure_logging, configure_threads
+from app.runtime.process import configure_logging
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -121,8 +121,6 @@ def cmd_export_model(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pe-search", description="Image embeddings and search on PE-Core.")
-    # Commands that embed set this: only they apply PE_SEARCH_TORCH_THREADS (and so import torch).
-    parser.set_defaults(loads_model=False)
     model_opts = argparse.ArgumentParser(add_help=False)
     model_opts.add_argument("--model", help="PE-Core variant (default: PE_SEARCH_MODEL or PE-Core-L14-336)")
     model_opts.add_argument("--weights", help="hub, a checkpoint path, or random (default: PE_SEARCH_WEIGHTS or hub)")
@@ -132,15 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[model_opts], help="run the HTTP service")
     serve.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     serve.add_argument("--port", type=int, help="port (default 9001)")
-    serve.set_defaults(func=cmd_serve, loads_model=True)
+    serve.set_defaults(func=cmd_serve)
 
     text = sub.add_parser("embed-text", parents=[model_opts], help="embed texts, JSON on stdout")
     text.add_argument("text", nargs="+")
-    text.set_defaults(func=cmd_embed_text, loads_model=True)
+    text.set_defaults(func=cmd_embed_text)
 
     image = sub.add_parser("embed-image", parents=[model_opts], help="embed image files, JSON on stdout")
     image.add_argument("path", nargs="+")
-    image.set_defaults(func=cmd_embed_image, loads_model=True)
+    image.set_defaults(func=cmd_embed_image)
 
     models = sub.add_parser("models", help="list the PE-Core variants and which are cached locally")
     models.add_argument("--json", action="store_true", help="machine-readable output")
@@ -152,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument(
         "--no-export", dest="export", action="store_false", help="only the weights, not the ONNX export of them"
     )
-    download.set_defaults(func=cmd_download, loads_model=True)
+    download.set_defaults(func=cmd_download)
 
     export = sub.add_parser(
         "export-model",
         parents=[model_opts],
         help="export the model's towers to ONNX in the cache (done on first use otherwise) and check them",
     )
-    export.set_defaults(func=cmd_export_model, loads_model=True)
+    export.set_defaults(func=cmd_export_model)
 
     add_commands(sub, model_opts)
     return parser
@@ -170,8 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         configure_logging(settings.log_level)
-        if args.loads_model:  # only then: setting torch's threads imports torch, which store commands need not
-            configure_threads(settings)
         return args.func(args, settings)
     except Exception as exc:  # noqa: BLE001 - a CLI prints one line, not a traceback
         from pydantic import ValidationError

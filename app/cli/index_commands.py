@@ -204,7 +204,7 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
         help="cancel the run (committed batches stay) when no batch completes for this long while an actor is dead "
         "or restarting (default: 180, or 10 per item of a batch if more)",
     )
-    ingest.set_defaults(func=cmd_ingest, loads_model=True)
+    ingest.set_defaults(func=cmd_ingest)
     add_search_command(sub, model_opts)
 
     collections = sub.add_parser("collections", help="list collections")
@@ -225,7 +225,7 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
     )
     reindex.add_argument("--collection", default="default")
     reindex.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"])
-    reindex.set_defaults(func=cmd_reindex, loads_model=True)
+    reindex.set_defaults(func=cmd_reindex)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

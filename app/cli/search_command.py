@@ -147,4 +147,4 @@ def add_search_command(sub: argparse._SubParsersAction, model_opts: argparse.Arg
         "PE_SEARCH_API_KEY is sent as its key",
     )
     search.add_argument("--json", action="store_true")
-    search.set_defaults(func=cmd_search, loads_model=True)
+    search.set_defaults(func=cmd_search)

@@ -25,10 +25,8 @@ class EmbedActor:
     def __init__(self, *, settings: Settings, model: str, decode_threads: int = 2) -> None:
         from app.ingest.pipeline import Preparer
         from app.runtime.encoders import build_encoders
-        from app.runtime.process import configure_threads
 
-        # An actor is a process of its own, started by Ray: its start is where its threads are set.
-        configure_threads(settings)
+        # Torch's threads, where a tower runs on torch, are sized when the loader builds it (app/model/loading.py).
         encoders = build_encoders(settings)
         self.encoder = encoders.registry.get(model)
         self.preparer = Preparer(encoder=self.encoder, fetcher=encoders.fetcher, jpeg_draft=settings.ingest_jpeg_draft)

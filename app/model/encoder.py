@@ -141,8 +141,8 @@ class PEEncoder:
             # Both towers at once: reading and compiling them is I/O and single-threaded in good part.
             with ThreadPoolExecutor(len(missing), thread_name_prefix="pe-load") as pool:
                 list(pool.map(self.tower, missing))
-        for kind in kinds:
-            self.tower(kind)
+        elif missing:
+            self.tower(missing[0])
         self.loader.release_torch()
         if "text" in kinds:
             self.tokenizer  # noqa: B018 - loaded now, not on the first request

@@ -19,7 +19,7 @@ import numpy as np
 from app.model import precision
 from app.model.export_cache import TOWER_FILES, Entry, ExportCache, ExportKey, default_root, weights_identity
 from app.model.onnx_towers import OrtTower, available
-from app.model.precision import COSINE_GUARD, PARITY_GUARD, TowerMode
+from app.model.precision import PARITY_GUARD, TowerMode
 from app.model.probes import PROBE_FILE, probe_inputs
 from app.model.tokenizer import PETokenizer
 from app.model.variants import Variant
@@ -289,6 +289,3 @@ class TowerLoader:
         return (
             f"{self.variant.version_id} {kind} tower: {tower.runtime} {tower.mode.precision} (cosine to fp32 {checked})"
         )
-
-
-__all__ = ["COSINE_GUARD", "KINDS", "ModelOptions", "Tower", "TowerLoader", "plan_runtime"]
