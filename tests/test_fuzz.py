@@ -99,13 +99,14 @@ def test_manifests_parse_or_fail_cleanly(rows: list[dict], jsonl: bool, raw_tail
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / ("m.jsonl" if jsonl else "m.csv")
         if jsonl:
-            path.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + raw_tail)
+            # utf-8, as manifests are read: the locale's encoding (ASCII in CI) cannot write every generated text.
+            path.write_text("\n".join(json.dumps(r) for r in rows) + "\n" + raw_tail, encoding="utf-8")
         else:
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=["path", "url", "label", "n", ""], extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-            path.write_text(buffer.getvalue() + raw_tail)
+            path.write_text(buffer.getvalue() + raw_tail, encoding="utf-8")
         try:
             items = list(manifest_items(path))
         except SourceError as exc:
