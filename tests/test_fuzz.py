@@ -116,3 +116,11 @@ def test_manifests_parse_or_fail_cleanly(rows: list[dict], jsonl: bool, raw_tail
         for item in items:
             if isinstance(item, SourceItem) and item.path is not None:
                 assert item.root is not None and item.path.is_relative_to(item.root)
+
+
+def test_a_manifest_path_with_a_nul_is_rejected_not_a_crash(tmp_path: Path) -> None:
+    """Found by the property test above: os.path raised on the NUL instead of the row being refused."""
+    path = tmp_path / "m.csv"
+    path.write_text("path,label\nbad\0name.jpg,x\n", encoding="utf-8")
+    (item,) = list(manifest_items(path))
+    assert isinstance(item, Rejected) and "NUL" in item.reason

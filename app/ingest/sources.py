@@ -108,6 +108,8 @@ def manifest_items(
         location = str(row.pop(key) or "").strip()
         if not location:
             yield Rejected(f"{path}:{number}", f"row {number} has an empty {key}")
+        elif "\0" in location:  # no file system takes one; os.path would raise instead of answering
+            yield Rejected(f"{path}:{number}", f"row {number}: the {key} holds a NUL character")
         elif is_http_url(location):
             yield SourceItem(uri=location, url=location, metadata=row)
         else:
