@@ -31,6 +31,8 @@ __all__ = [
     "SourceError",
     "TooManyItemsError",
     "UnavailableError",
+    "UnprocessableQueryError",
+    "CursorError",
     "UnknownModelError",
     "UnsupportedMediaError",
     "WeightsError",
@@ -67,6 +69,15 @@ class TooManyItemsError(PayloadTooLargeError):
             f"Too many items in one request: {count} given, at most {limit} allowed "
             "(set PE_SEARCH_MAX_BATCH to change the limit)."
         )
+
+
+class UnprocessableQueryError(InvalidInputError):
+    """A search query that is well-formed but cannot be searched: no parts, only negative parts, parts
+    that cancel out, or a vector of the wrong length (422)."""
+
+
+class CursorError(InvalidInputError):
+    """A paging cursor that is damaged, of another collection, or from an older index (400: search again)."""
 
 
 class ModelUnavailableError(UnavailableError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -87,6 +88,11 @@ class Settings(BaseSettings):
     # pages; an index copies itself into memory on its first write.
     index_mmap: bool = True
     max_top_k: int = Field(default=1000, ge=1)
+    # Signs search cursors. Unset: a random secret per process, so cursors end with it; set one shared
+    # secret (16+ characters) for cursors that outlive a restart or move between servers behind one URL.
+    cursor_secret: str | None = Field(default=None, min_length=16, repr=False)
+    # Cosine at or above which two images count as near-duplicates (Immich's maximum distance 0.01).
+    duplicate_threshold: float = Field(default=0.99, gt=0, le=1)
     cache_dir: Path | None = None
     max_batch: int = Field(default=64, ge=1, le=4096)
     # Input limits: each refused with a 4xx and a message, before the work it would cost.
@@ -173,6 +179,9 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
+
+    def cursor_key(self) -> bytes:
+        return self.cursor_secret.encode("utf-8") if self.cursor_secret else secrets.token_bytes(32)
 
     @property
     def random_weights(self) -> bool:

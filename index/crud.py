@@ -117,7 +117,7 @@ def _image_row(collection_id: int, item: NewImage) -> dict[str, Any]:
         "byte_size": item.byte_size,
         "meta": item.meta,
         "vector": np.asarray(item.vector, dtype=np.float32).tobytes(),
-        "created_at": now,
+        "created_at": item.created_at or now,
         "updated_at": now,
     }
 

@@ -22,6 +22,8 @@ class CollectionInfo:
     count: int
     indexed: int
     created_at: str
+    # Bumped by each rebuild or model switch: what a search cursor is valid for.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,5 @@ class NewImage:
     root: str | None = None
     size: int | None = None
     mtime: float | None = None
+    # Kept from an import, so date order survives a move; new images are stamped when committed.
+    created_at: datetime | None = None

@@ -40,6 +40,22 @@ class ImageMethods:
             yield rows
             last = rows[-1].id
 
+    def iter_with_vectors(
+        self, collection_id: int, *, up_to: int, batch: int = 10_000
+    ) -> Iterator[tuple[list[ImageRecord], np.ndarray]]:
+        """(records, their vectors as rows) in id order up to a watermark, in batches: what an export reads."""
+        with self.sessions() as session:
+            for ids, vectors in vector_rows.iter_vectors(
+                session, collection_id=collection_id, up_to=up_to, batch=batch
+            ):
+                records = crud.image_records(session, image_ids=ids.tolist())
+                yield [records[int(i)] for i in ids], vectors
+
+    def id_watermark(self, collection_id: int) -> int:
+        """The collection's largest image id so far (0 when empty)."""
+        with self.sessions() as session:
+            return crud.sync_state(session, collection_id=collection_id)[0]
+
     def known_sources(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int | None, float | None, int]]:
         """(size, mtime, image id) of each uri already ingested into the collection."""
         with self.sessions() as session:

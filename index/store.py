@@ -10,7 +10,7 @@ A read-only store (a reader beside one writer) never migrates, writes rows or ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from index import crud
 from index.ann.vector_index import choose_spec
 from index.db import current_revision, head_revision, session_factory, upgrade_database
 from index.dto import CollectionInfo, Hit
+from index.duplicates import near_duplicate_pairs, shared_content
 from index.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -111,6 +112,7 @@ class VectorStore(ImageMethods):
             count=crud.count_images(session, collection_id=collection.id),
             indexed=live.index.count if live else 0,
             created_at=collection.created_at.isoformat(),
+            generation=collection.generation,
         )
 
     def collections(self) -> list[CollectionInfo]:
@@ -213,6 +215,18 @@ class VectorStore(ImageMethods):
         """The top k images by cosine, caught up with every commit; `knobs` override ef_search / nprobe."""
         live = self.live.synced(collection_id)
         return self.query.search(live, collection_id, query, k, search_filter, min_score, **knobs)
+
+    def near_duplicates(
+        self, collection_id: int, threshold: float, *, nprobe: int | None = None
+    ) -> Iterator[tuple[int, int, float]]:
+        """(id, id, cosine) pairs at or above the threshold, by a blockwise range search of the live index."""
+        live = self.live.synced(collection_id)
+        return near_duplicate_pairs(self.sessions, live, collection_id, threshold, nprobe=nprobe)
+
+    def shared_content(self, collection_id: int, limit: int = 1000) -> list[tuple[int, list[str]]]:
+        """Images whose identical bytes were found at several uris: (image id, its uris)."""
+        with self.sessions() as session:
+            return shared_content(session, collection_id=collection_id, limit=limit)
 
     def stats(self) -> dict[str, Any]:
         return {

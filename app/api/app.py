@@ -21,7 +21,18 @@ from app.api.keys import KeyRing
 from app.api.limits import BodySizeLimit
 from app.api.metrics import Metrics
 from app.api.request_log import RequestObserver
-from app.api.routes import collections, embedding, health, images, ingest, metrics, page, search, thumbnails
+from app.api.routes import (
+    collections,
+    duplicates,
+    embedding,
+    health,
+    images,
+    ingest,
+    metrics,
+    page,
+    search,
+    thumbnails,
+)
 from app.runtime.executor import run_blocking
 from app.services.wiring import build_services
 from app.settings import Settings
@@ -80,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(thumbnails.router)
     app.include_router(collections.router)
+    app.include_router(duplicates.router)
     app.include_router(ingest.router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=str(files("app") / "static")), name="static")

@@ -11,6 +11,7 @@ from app.api.metrics import Metrics
 from app.ingest.jobs import JobManager
 from app.ingest.service import IngestService
 from app.model.registry import ModelRegistry
+from app.services.duplicates import DuplicateService
 from app.services.embedding import Embedder
 from app.services.images import ImageService
 from app.services.search import SearchService
@@ -52,6 +53,10 @@ def get_search(request: Request) -> SearchService:
     return _services(request).search
 
 
+def get_duplicates(request: Request) -> DuplicateService:
+    return _services(request).duplicates
+
+
 def get_images(request: Request) -> ImageService:
     return _services(request).images
 
@@ -73,6 +78,7 @@ KeysDep = Annotated[KeyRing, Depends(get_keys)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 StoreDep = Annotated[VectorStore, Depends(get_store)]
 SearchDep = Annotated[SearchService, Depends(get_search)]
+DuplicatesDep = Annotated[DuplicateService, Depends(get_duplicates)]
 ImagesDep = Annotated[ImageService, Depends(get_images)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 IngestDep = Annotated[IngestService, Depends(get_ingest)]

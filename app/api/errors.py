@@ -22,6 +22,7 @@ from app.errors import (
     PermissionDeniedError,
     PESearchError,
     UnavailableError,
+    UnprocessableQueryError,
     UnsupportedMediaError,
 )
 
@@ -33,6 +34,7 @@ STATUS_BY_ERROR: list[tuple[type[Exception], int]] = [
     (AuthError, 401),
     (UnsupportedMediaError, 415),
     (PayloadTooLargeError, 413),
+    (UnprocessableQueryError, 422),
     (InvalidInputError, 400),
     (PermissionDeniedError, 403),
     (NotFoundError, 404),

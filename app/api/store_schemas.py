@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.schemas import ImageObject
+from app.services.query_parts import QueryPart
 from index.filters import Scalar
 
 
@@ -40,6 +41,8 @@ COLLECTION_NAME_PATTERN = r"^[\w.-]{1,200}$"
 CollectionName = Annotated[str, Field(pattern=COLLECTION_NAME_PATTERN, description="Letters, digits, _ . -")]
 # SQLite and PostgreSQL integer keys are signed 64-bit.
 ImageId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# Above any PE-Core width (G14 is 1280): a longer vector is refused before it is parsed into memory.
+MAX_VECTOR_DIM = 8192
 
 
 class SearchFilterBody(BaseModel):
@@ -53,6 +56,37 @@ class SearchFilterBody(BaseModel):
     created_before: datetime | None = None
 
 
+class QueryPartBody(BaseModel):
+    """One term of a composed query: exactly one of text, image, image_id or vector, and a weight."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    text: Annotated[str, Field(max_length=100_000)] | None = None
+    image: ImageObject | None = None
+    image_id: ImageId | None = None
+    vector: Annotated[list[float], Field(max_length=MAX_VECTOR_DIM)] | None = None
+    weight: float = Field(default=1.0, ge=-100, le=100, description="In positive and negative, its size only")
+
+    def to_part(self, sign: float | None = None) -> QueryPart:
+        weight = self.weight if sign is None else sign * abs(self.weight)
+        return QueryPart(
+            weight=weight,
+            text=self.text,
+            image=self.image.to_ref() if self.image else None,
+            image_id=self.image_id,
+            vector=tuple(self.vector) if self.vector is not None else None,
+        )
+
+
+# A bare string in positive / negative is a text.
+PartItem = Annotated[str, Field(max_length=100_000)] | QueryPartBody
+PartList = Annotated[list[PartItem], Field(max_length=256)]
+
+
+def _as_part(item: PartItem, sign: float) -> QueryPart:
+    return QueryPart(weight=sign, text=item) if isinstance(item, str) else item.to_part(sign)
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
@@ -61,6 +95,12 @@ class SearchRequest(BaseModel):
             "examples": [
                 {"text": "a dog on a beach", "top_k": 10},
                 {"image_id": 42, "top_k": 5, "filter": {"metadata": {"label": ["dog", "cat"]}}},
+                {"positive": ["a dog", "on a beach"], "negative": ["people"], "top_k": 10},
+                {"parts": [{"text": "a red car", "weight": 1.0}, {"image_id": 7, "weight": 0.5}], "top_k": 10},
+                {"vector": [0.1] * 8, "top_k": 5},
+                {"text": "sunset", "top_k": 24, "order": "-created_at", "candidates": 200},
+                {"text": "sunset", "top_k": 24, "offset": 24},
+                {"cursor": "eJyrVkrOzytJzSvRUcpJLS5RslJQUgIAU0wHtQ.AAAAAAAAAAAAAAAAAAAAAA"},
             ]
         },
     )
@@ -68,8 +108,24 @@ class SearchRequest(BaseModel):
     text: str | None = None
     image: ImageObject | None = None
     image_id: ImageId | None = None
-    top_k: int = Field(default=10, ge=1)
-    collection: CollectionName = "default"
+    vector: Annotated[list[float], Field(max_length=MAX_VECTOR_DIM)] | None = Field(
+        default=None, description="A query embedding of the collection's dimension (normalised here)"
+    )
+    positive: PartList = Field(default_factory=list, description="Texts or parts to move towards")
+    negative: PartList = Field(default_factory=list, description="Texts or parts to move away from")
+    parts: Annotated[list[QueryPartBody], Field(max_length=256)] = Field(
+        default_factory=list, description="Weighted parts; a negative weight moves away"
+    )
+    top_k: int = Field(default=10, ge=1, description="Results per page")
+    offset: int = Field(default=0, ge=0, le=1_000_000, description="Results to skip (a page's start)")
+    order: Literal["score", "created_at", "-created_at"] = Field(
+        default="score", description="created_at orders the best `candidates` matches by date"
+    )
+    candidates: int | None = Field(default=None, ge=1, description="Matches a date order sorts (default 200)")
+    cursor: Annotated[str, Field(max_length=65_536)] | None = Field(
+        default=None, description="next_cursor of the page before: the next page, without re-encoding"
+    )
+    collection: CollectionName | None = Field(default=None, description="Default: `default`, or the cursor's")
     filter: SearchFilterBody | None = None
     min_score: float | None = Field(default=None, ge=-1, le=1)
     perception_encoder_version_id: str | None = Field(
@@ -77,6 +133,13 @@ class SearchRequest(BaseModel):
     )
     ef_search: int | None = Field(default=None, ge=1, le=4096, description="HNSW search depth")
     nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists probed")
+
+    def query_parts(self) -> tuple[QueryPart, ...]:
+        return (
+            *(_as_part(item, 1.0) for item in self.positive),
+            *(_as_part(item, -1.0) for item in self.negative),
+            *(part.to_part() for part in self.parts),
+        )
 
 
 class SearchHit(BaseModel):
@@ -94,6 +157,8 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
     collection: str
     time: float
+    offset: int = Field(description="Where this page starts in the ranking")
+    next_cursor: str | None = Field(description="Send as `cursor` for the next page; null on the last one")
 
 
 class ImageRecord(BaseModel):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.cli.args import print_json
+from app.cli.collection_tools import add_collection_tools
 from app.cli.index_commands import add_commands, load_encoder
 from app.model.variants import VARIANTS
 from app.runtime.process import configure_logging
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export_model)
 
     add_commands(sub, model_opts)
+    add_collection_tools(sub)
     return parser
 
 

@@ -44,3 +44,14 @@ def unit_interval(text: str) -> float:
     if not -1 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be from -1 to 1, got {text}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.cli.args import positive_float, positive_int, print_json
+from app.cli.args import positive_float, positive_int, print_json, unit_interval
 from app.cli.search_command import add_search_command
 from app.settings import Settings
 
@@ -36,6 +36,11 @@ def load_encoder(settings: Settings, model: str | None = None, towers: tuple[str
 def _ingestor(args: argparse.Namespace, settings: Settings, store: VectorStore) -> Ingestor | RayIngestor:
     """The local engine (threads and one model here) or the Ray engine (a pool of encoder actors)."""
     batch_size = args.batch_size or settings.ingest_batch
+    near = None
+    if args.near_duplicates:
+        from app.ingest.near_duplicates import NearDuplicatePolicy
+
+        near = NearDuplicatePolicy(args.near_duplicates, args.near_threshold or settings.duplicate_threshold)
     if args.engine == "ray":
         from app.ingest.ray_engine import RayIngestor, RayOptions
         from app.ingest.ray_setup import prepare_ray_process
@@ -48,14 +53,16 @@ def _ingestor(args: argparse.Namespace, settings: Settings, store: VectorStore) 
             stall_timeout=args.ray_stall_timeout,
         )
         model = args.model or store.model_of(args.collection) or settings.model
-        return RayIngestor(store=store, settings=settings, model=model, batch_size=batch_size, options=options)
+        return RayIngestor(
+            store=store, settings=settings, model=model, batch_size=batch_size, options=options, near_duplicates=near
+        )
     from app.ingest.pipeline import Ingestor
     from app.runtime.encoders import build_encoders
 
     encoders = build_encoders(settings)
     encoder = encoders.registry.get(args.model or store.model_of(args.collection), towers=())
     return Ingestor.from_settings(
-        settings, store=store, encoder=encoder, fetcher=encoders.fetcher, batch_size=batch_size
+        settings, store=store, encoder=encoder, fetcher=encoders.fetcher, batch_size=batch_size, near_duplicates=near
     )
 
 
@@ -93,6 +100,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         )
         for failure in result["failures"]:
             print(f"  failed: {failure['uri']}: {failure['reason']}")
+        verb = "skipped" if args.near_duplicates == "skip" else "added"
+        for near in result["near_duplicates"]:
+            of = near["of_uri"] or f"image {near['of_id']}"
+            print(f"  near-duplicate ({verb}): {near['uri']} ~ {of} (cosine {near['score']:.4f})")
     return 0
 
 
@@ -203,6 +214,18 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
         metavar="SECONDS",
         help="cancel the run (committed batches stay) when no batch completes for this long while an actor is dead "
         "or restarting (default: 180, or 10 per item of a batch if more)",
+    )
+    ingest.add_argument(
+        "--near-duplicates",
+        choices=["warn", "skip"],
+        help="check each new image against the collection (and its batch): warn = add and report, "
+        "skip = leave it out and report",
+    )
+    ingest.add_argument(
+        "--near-threshold",
+        type=unit_interval,
+        metavar="COSINE",
+        help="cosine at or above which an image is a near-duplicate (default PE_SEARCH_DUPLICATE_THRESHOLD, 0.99)",
     )
     ingest.set_defaults(func=cmd_ingest)
     add_search_command(sub, model_opts)

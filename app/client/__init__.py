@@ -18,6 +18,7 @@ from app.client.models import (
     IngestKind,
     PESearchAPIError,
     SearchHit,
+    SearchPage,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "PESearchAPIError",
     "PESearchClient",
     "SearchHit",
+    "SearchPage",
 ]

@@ -27,10 +27,11 @@ from app.client.models import (
     parse_collection,
     parse_job,
 )
-from app.client.wire import chunks, error_message, image_bytes, image_object, is_url, jsonable
+from app.client.search_api import SearchMethods
+from app.client.wire import chunks, error_message, image_bytes, image_object, is_url
 
 
-class PESearchClient:
+class PESearchClient(SearchMethods):
     """Client for one pe-search server. Not thread-safe to share across threads (one requests.Session)."""
 
     def __init__(self, api_url: str, api_key: str | None = None, timeout: float = 60) -> None:
@@ -99,59 +100,6 @@ class PESearchClient:
             created_at=datetime.fromisoformat(raw["created_at"]),
             updated_at=datetime.fromisoformat(raw["updated_at"]),
         )
-
-    # --- search ----------------------------------------------------------------------------
-
-    def _search(
-        self,
-        query: dict[str, Any],
-        top_k: int,
-        collection: str,
-        filter: Mapping[str, Any] | None,
-        min_score: float | None,
-    ) -> list[SearchHit]:
-        body: dict[str, Any] = {**query, "top_k": top_k, "collection": collection}
-        if filter is not None:
-            body["filter"] = jsonable(filter)
-        if min_score is not None:
-            body["min_score"] = min_score
-        return [self._hit(hit) for hit in self._json("POST", "/search", json=body)["results"]]
-
-    def search_text(
-        self,
-        text: str,
-        top_k: int = 10,
-        collection: str = "default",
-        filter: Mapping[str, Any] | None = None,
-        min_score: float | None = None,
-    ) -> list[SearchHit]:
-        """Images of `collection` best matching a text, best first.
-
-        `filter` is the API's filter object, e.g. `{"metadata": {"label": ["dog", "cat"]}, "uri_prefix": "/srv"}`.
-        """
-        return self._search({"text": text}, top_k, collection, filter, min_score)
-
-    def search_image(
-        self,
-        image: ImageInput,
-        top_k: int = 10,
-        collection: str = "default",
-        filter: Mapping[str, Any] | None = None,
-        min_score: float | None = None,
-    ) -> list[SearchHit]:
-        """Images most similar to a query image (path, bytes, or URL the server fetches)."""
-        return self._search({"image": image_object(image)}, top_k, collection, filter, min_score)
-
-    def search_id(
-        self,
-        image_id: int,
-        top_k: int = 10,
-        collection: str = "default",
-        filter: Mapping[str, Any] | None = None,
-        min_score: float | None = None,
-    ) -> list[SearchHit]:
-        """Images most similar to a stored image (which is itself usually the first hit)."""
-        return self._search({"image_id": image_id}, top_k, collection, filter, min_score)
 
     # --- images ----------------------------------------------------------------------------
 

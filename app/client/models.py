@@ -120,3 +120,35 @@ def parse_job(raw: dict[str, Any]) -> IngestJob:
         created_at=datetime.fromisoformat(raw["created_at"]),
         finished_at=_time(raw.get("finished_at")),
     )
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    hits: list[SearchHit]
+    collection: str
+    offset: int
+    next_cursor: str | None  # pass to `search(cursor=...)` for the next page; None on the last one
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    images: list[ImageRecord]
+    min_score: float
+    max_score: float
+    keep: int | None  # the image a resolve rule keeps; None without a rule
+
+
+@dataclass(frozen=True)
+class SharedContent:
+    image: ImageRecord
+    uris: list[str]  # every place the same bytes were ingested from
+
+
+@dataclass(frozen=True)
+class DuplicateReport:
+    collection: str
+    threshold: float
+    groups: list[DuplicateGroup]
+    total_groups: int
+    exact: list[SharedContent]
+    deleted: int

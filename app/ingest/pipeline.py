@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import ImageLoadError
+from app.ingest.near_duplicates import NearDuplicatePolicy
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
     BatchObserver,
@@ -118,7 +119,9 @@ class Ingestor:
         workers: int = 4,
         jpeg_draft: bool = True,
         on_batch: BatchObserver | None = None,
+        near_duplicates: NearDuplicatePolicy | None = None,
     ) -> None:
+        self.near_duplicates = near_duplicates
         self.store = store
         self.encoder = encoder
         self.fetcher = fetcher
@@ -137,6 +140,7 @@ class Ingestor:
         fetcher: UrlFetcher,
         batch_size: int | None = None,
         on_batch: BatchObserver | None = None,
+        near_duplicates: NearDuplicatePolicy | None = None,
     ) -> Ingestor:
         """The engine as configured (PE_SEARCH_INGEST_*), for the CLI and server-side jobs alike."""
         return cls(
@@ -147,6 +151,7 @@ class Ingestor:
             workers=settings.ingest_workers,
             jpeg_draft=settings.ingest_jpeg_draft,
             on_batch=on_batch,
+            near_duplicates=near_duplicates,
         )
 
     def run(
@@ -215,6 +220,7 @@ class Ingestor:
             summary=summary,
             on_batch=self.on_batch,
             embed_missing=lambda shas: embed_unique(self.encoder, [pair for pair in pixels if pair[0] in set(shas)]),
+            near=self.near_duplicates,
         )
 
     @staticmethod

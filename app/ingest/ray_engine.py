@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import RayIngestError, RayUnavailableError
+from app.ingest.near_duplicates import NearDuplicatePolicy
 from app.ingest.ray_actor import EmbedActor
 from app.ingest.ray_setup import cluster_gpus, connect, data_context, in_order_actor_tasks
 from app.ingest.ray_watch import (
@@ -100,7 +101,9 @@ class RayIngestor:
         batch_size: int = 32,
         options: RayOptions | None = None,
         on_batch: BatchObserver | None = None,
+        near_duplicates: NearDuplicatePolicy | None = None,
     ) -> None:
+        self.near_duplicates = near_duplicates
         if importlib.util.find_spec("ray") is None:
             raise RayUnavailableError()
         self.store = store
@@ -247,7 +250,15 @@ class RayIngestor:
                     vector=np.array(results["vector"][i], dtype=np.float32),
                 )
             )
-        commit_batch(self.store, info=info, rows=rows, failures=failures, summary=summary, on_batch=self.on_batch)
+        commit_batch(
+            self.store,
+            info=info,
+            rows=rows,
+            failures=failures,
+            summary=summary,
+            on_batch=self.on_batch,
+            near=self.near_duplicates,
+        )
 
 
 def block_count(items: int, *, batch_size: int, actors: int) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.ingest.near_duplicates import NearDuplicate, NearDuplicatePolicy, screen
 from app.ingest.sources import Rejected, SourceItem
 from index.dto import CollectionInfo, NewImage
 from index.errors import MissingVectorError
@@ -33,10 +34,12 @@ class IngestSummary:
     duplicates: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    near_duplicates: list[NearDuplicate] = field(default_factory=list)
+    near_skipped: int = 0
 
     @property
     def processed(self) -> int:
-        return self.added + self.unchanged + self.duplicates + len(self.failed)
+        return self.added + self.unchanged + self.duplicates + len(self.failed) + self.near_skipped
 
     def to_dict(self) -> dict[str, Any]:
         rate = self.added / self.seconds if self.seconds else 0.0
@@ -46,6 +49,11 @@ class IngestSummary:
             "duplicates": self.duplicates,
             "failed": len(self.failed),
             "failures": [{"uri": uri, "reason": reason} for uri, reason in self.failed],
+            "near_duplicates": [
+                {"uri": n.uri, "of_id": n.of_id, "of_uri": n.of_uri, "score": round(n.score, 4)}
+                for n in self.near_duplicates
+            ],
+            "near_duplicates_skipped": self.near_skipped,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(rate, 2),
         }
@@ -162,8 +170,14 @@ def commit_batch(
     summary: IngestSummary,
     on_batch: BatchObserver | None = None,
     embed_missing: EmbedMissing | None = None,
+    near: NearDuplicatePolicy | None = None,
 ) -> None:
-    """Rows and failures in one transaction, then counted into `summary`."""
+    """Rows and failures in one transaction, then counted into `summary`; `near` screens near-duplicates first."""
+    if near is not None and rows:
+        kept, found = screen(store, info, rows, near)
+        summary.near_duplicates.extend(found)
+        summary.near_skipped += len(rows) - len(kept)
+        rows = kept
     if not rows and not failures:
         return
     try:

@@ -99,6 +99,10 @@ class Embedder:
         encoder = await self.encoder(version_id)
         return await self.batcher.images(encoder, await self._load_images(encoder, images))
 
+    async def load_pixels(self, encoder: PEEncoder, images: Sequence[ImageRef]) -> list[np.ndarray]:
+        """Fetched, decoded and preprocessed for `encoder`, off the event loop; no model call yet."""
+        return await self._load_images(encoder, images)
+
     async def embed_pixels(self, encoder: PEEncoder, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Images already through `encoder.transform`, in a micro-batch like any request's."""
         return await self.batcher.images(encoder, pixels)

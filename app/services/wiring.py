@@ -12,6 +12,7 @@ from app.model.registry import ModelRegistry
 from app.runtime.batcher import MicroBatcher
 from app.runtime.encoders import Encoders, ForwardObserver, build_encoders
 from app.runtime.executor import InferenceRunner
+from app.services.duplicates import DuplicateService
 from app.services.embedding import Embedder
 from app.services.images import ImageService
 from app.services.search import SearchService
@@ -30,6 +31,7 @@ class Services:
     embedder: Embedder
     store: VectorStore
     search: SearchService
+    duplicates: DuplicateService
     images: ImageService
     thumbnails: Thumbnails
     jobs: JobManager
@@ -81,7 +83,10 @@ def build_services(
         batcher=batcher,
         embedder=embedder,
         store=store,
-        search=SearchService(store=store, embedder=embedder, max_top_k=settings.max_top_k),
+        search=SearchService(
+            store=store, embedder=embedder, cursor_secret=settings.cursor_key(), max_top_k=settings.max_top_k
+        ),
+        duplicates=DuplicateService(store=store, default_threshold=settings.duplicate_threshold),
         images=ImageService(store=store, embedder=embedder, uploads=uploads),
         thumbnails=Thumbnails(
             directory=settings.data_dir / "thumbnails", store=store, uploads=uploads, fetcher=encoders.fetcher

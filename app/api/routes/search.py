@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from fastapi import APIRouter, Query, Response
 
@@ -45,14 +46,23 @@ def _hit(hit: ScoredImage) -> SearchHit:
 
 
 async def _run(search: SearchDep, query: SearchQuery, response: Response, started: float) -> SearchResponse:
-    results, timing = await search.search(query)
+    page = await search.search(query)
     total = time.perf_counter() - started
-    response.headers["Server-Timing"] = _server_timing(timing, total)
-    return SearchResponse(results=[_hit(r) for r in results], collection=query.collection, time=total)
+    response.headers["Server-Timing"] = _server_timing(page.timing, total)
+    return SearchResponse(
+        results=[_hit(r) for r in page.results],
+        collection=page.collection,
+        time=total,
+        offset=page.offset,
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.post(
-    "/search", response_model=SearchResponse, summary="Search a collection by text, image, or a stored image's id"
+    "/search",
+    response_model=SearchResponse,
+    summary="Search a collection by text, image, stored image, vector, or a weighted mix of them",
+    responses={422: {"model": ErrorResponse, "description": "An empty, all-negative or mis-sized query"}},
 )
 async def search_post(body: SearchRequest, search: SearchDep, response: Response) -> SearchResponse:
     started = time.perf_counter()
@@ -63,7 +73,13 @@ async def search_post(body: SearchRequest, search: SearchDep, response: Response
         text=body.text,
         image=body.image.to_ref() if body.image else None,
         image_id=body.image_id,
+        vector=tuple(body.vector) if body.vector is not None else None,
+        parts=body.query_parts(),
         top_k=body.top_k,
+        offset=body.offset,
+        order=body.order,
+        candidates=body.candidates,
+        cursor=body.cursor,
         search_filter=search_filter,
         min_score=body.min_score,
         model=body.perception_encoder_version_id,
@@ -78,8 +94,10 @@ async def search_get(
     response: Response,
     q: str = Query(min_length=1, description="What to look for"),
     k: int = Query(default=10, ge=1),
+    offset: int = Query(default=0, ge=0, le=1_000_000),
+    order: Literal["score", "created_at", "-created_at"] = "score",
     collection: str = "default",
 ) -> SearchResponse:
     started = time.perf_counter()
-    query = SearchQuery(collection=collection, text=q, top_k=k)
+    query = SearchQuery(collection=collection, text=q, top_k=k, offset=offset, order=order)
     return await _run(search, query, response, started)

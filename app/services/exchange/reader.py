@@ -1,0 +1,141 @@
+"""`pe-search import`: an export read back into a collection (new, or one of the same model), no re-embedding.
+
+Everything that can be checked is checked before the first row is written: the manifest, each
+shard's files, row counts, the vectors' shape and finiteness, the model and dimension. Rows
+then go in batches; content the collection already holds (same sha256) is matched, not repeated,
+so importing twice adds nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from app.errors import InvalidInputError
+from app.model.variants import get_variant
+from app.services.exchange.layout import METADATA_SCHEMA, ExportManifest, Shard
+from index.dto import NewImage
+from index.store import VectorStore
+
+BATCH_ROWS = 10_000
+_REQUIRED = [name for name in METADATA_SCHEMA.names if name != "image_path"]
+
+
+@dataclass
+class ImportResult:
+    collection: str
+    added: int
+    matched: int
+    created_collection: bool
+
+
+def _check_shard(directory: Path, shard: Shard, manifest: ExportManifest) -> None:
+    meta_path = directory / shard.metadata
+    if not meta_path.is_file():
+        raise InvalidInputError(f"the export lacks {shard.metadata}")
+    try:
+        parquet = pq.ParquetFile(meta_path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise InvalidInputError(f"{shard.metadata} is not a readable Parquet file: {exc}") from exc
+    missing = [name for name in _REQUIRED if name not in parquet.schema_arrow.names]
+    if manifest.format == "parquet" and "embedding" not in parquet.schema_arrow.names:
+        missing.append("embedding")
+    if missing:
+        raise InvalidInputError(f"{shard.metadata} lacks the columns {', '.join(missing)}")
+    if parquet.metadata.num_rows != shard.rows:
+        raise InvalidInputError(
+            f"{shard.metadata} has {parquet.metadata.num_rows} rows, the manifest says {shard.rows}"
+        )
+    if manifest.format == "npy":
+        vectors = _vectors(directory, shard)
+        if vectors.shape != (shard.rows, manifest.dim):
+            raise InvalidInputError(
+                f"{shard.embeddings} holds {vectors.shape}, the manifest says ({shard.rows}, {manifest.dim})"
+            )
+        for start in range(0, shard.rows, 65_536):
+            if not np.isfinite(vectors[start : start + 65_536]).all():
+                raise InvalidInputError(f"{shard.embeddings} holds NaN or infinite values")
+
+
+def _vectors(directory: Path, shard: Shard) -> np.ndarray:
+    if shard.embeddings is None or not (directory / shard.embeddings).is_file():
+        raise InvalidInputError(f"the export lacks the embeddings of {shard.metadata}")
+    try:
+        vectors = np.load(directory / shard.embeddings, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise InvalidInputError(f"{shard.embeddings} is not a readable .npy file: {exc}") from exc
+    if vectors.dtype != np.float32 or vectors.ndim != 2:
+        raise InvalidInputError(f"{shard.embeddings} holds {vectors.dtype} of {vectors.ndim} dims, not float32 rows")
+    return vectors
+
+
+def check_export(directory: Path) -> ExportManifest:
+    """The manifest of a whole, readable export, or InvalidInputError saying what is wrong."""
+    manifest = ExportManifest.read(directory)
+    variant = get_variant(manifest.model)  # an unknown model is refused with the valid ids
+    if variant.dim != manifest.dim:
+        raise InvalidInputError(f"the export says {manifest.model} has {manifest.dim}-d vectors; it has {variant.dim}")
+    if sum(s.rows for s in manifest.shards) != manifest.count:
+        raise InvalidInputError("the export's shards do not add up to its count")
+    for shard in manifest.shards:
+        _check_shard(directory, shard, manifest)
+    return manifest
+
+
+def _rows(directory: Path, shard: Shard, manifest: ExportManifest) -> Iterator[list[NewImage]]:
+    vectors = _vectors(directory, shard) if manifest.format == "npy" else None
+    at = 0
+    for batch in pq.ParquetFile(directory / shard.metadata).iter_batches(batch_size=BATCH_ROWS):
+        columns = batch.to_pydict()
+        n = batch.num_rows
+        if vectors is not None:
+            block = np.asarray(vectors[at : at + n], dtype=np.float32)
+        else:
+            block = np.asarray(batch.column("embedding").flatten(), dtype=np.float32).reshape(n, manifest.dim)
+            if not np.isfinite(block).all():
+                raise InvalidInputError(f"{shard.metadata} holds NaN or infinite embeddings")
+        at += n
+        yield [
+            NewImage(
+                sha256=columns["sha256"][i],
+                uri=columns["uri"][i],
+                width=columns["width"][i],
+                height=columns["height"][i],
+                format=columns["format"][i],
+                byte_size=columns["byte_size"][i],
+                vector=block[i].copy(),
+                meta=json.loads(columns["metadata"][i] or "{}"),
+                created_at=columns["created_at"][i],
+            )
+            for i in range(n)
+        ]
+
+
+def import_collection(
+    store: VectorStore,
+    *,
+    source: Path,
+    collection: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportResult:
+    manifest = check_export(source)
+    name = collection or manifest.collection
+    created = store.model_of(name) is None
+    info = store.ensure_collection(name, model=manifest.model, dim=manifest.dim)  # another model's: refused
+    result = ImportResult(collection=info.name, added=0, matched=0, created_collection=created)
+    for shard in manifest.shards:
+        for rows in _rows(source, shard, manifest):
+            for _, was_created in store.add_images(info.id, rows):
+                if was_created:
+                    result.added += 1
+                else:
+                    result.matched += 1
+            if progress:
+                progress(result.added + result.matched)
+    store.checkpoint(info.name)
+    return result
