@@ -1,9 +1,23 @@
 // The search page: text or image in, a grid of results out; the query lives in the URL.
+// A query can be refined with "more like" / "less like" a result, ordered by date, and paged by cursor.
 "use strict";
 
-const PAGE = 24;
 const $ = (id) => document.getElementById(id);
-const state = { query: null, shown: 0, exhausted: false, loading: false, collections: [] };
+const state = { query: null, shown: 0, cursor: null, exhausted: false, loading: false, collections: [] };
+const ORDERS = ["score", "-created_at", "created_at"];
+
+function pageSize() {
+  const k = Number(new URLSearchParams(location.search).get("k"));
+  return Number.isInteger(k) && k > 0 && k <= 200 ? k : 24;
+}
+
+function ids(text) {
+  return (text || "").split(",").map(Number).filter((n) => Number.isInteger(n) && n > 0);
+}
+
+function hasQuery(query) {
+  return Boolean(query.text || query.image || query.image_id || query.like?.length);
+}
 
 function apiKey() { return localStorage.getItem("pe-search-key") || ""; }
 
@@ -35,17 +49,26 @@ function setStatus(text, isError = false) {
 
 function queryFromUrl() {
   const params = new URLSearchParams(location.search);
-  const collection = params.get("collection") || "default";
-  if (params.get("id")) return { collection, image_id: Number(params.get("id")) };
-  if (params.get("q")) return { collection, text: params.get("q") };
-  return { collection };
+  const query = { collection: params.get("collection") || "default", like: ids(params.get("like")), unlike: ids(params.get("unlike")) };
+  const order = params.get("order");
+  query.order = ORDERS.includes(order) ? order : "score";
+  if (params.get("id")) query.image_id = Number(params.get("id"));
+  else if (params.get("q")) query.text = params.get("q");
+  if (params.get("view") === "duplicates") query.view = "duplicates";
+  return query;
 }
 
 function urlFor(query) {
   const params = new URLSearchParams();
+  if (query.view) params.set("view", query.view);
   if (query.text) params.set("q", query.text);
   if (query.image_id) params.set("id", query.image_id);
+  if (query.like?.length) params.set("like", query.like.join(","));
+  if (query.unlike?.length) params.set("unlike", query.unlike.join(","));
+  if (query.order && query.order !== "score") params.set("order", query.order);
   if (query.collection && query.collection !== "default") params.set("collection", query.collection);
+  const k = new URLSearchParams(location.search).get("k");
+  if (k) params.set("k", k);
   const search = params.toString();
   return search ? `/?${search}` : "/";
 }
@@ -63,6 +86,26 @@ async function loadCollections(selected) {
   select.value = selected;
 }
 
+function chip(id, sign, query) {
+  const item = document.createElement("span");
+  item.className = `chip ${sign === "+" ? "like" : "unlike"}`;
+  item.dataset.id = id;
+  const img = document.createElement("img");
+  img.src = withKey(`/images/${id}/thumbnail?size=128`);
+  img.alt = `${sign === "+" ? "more like" : "less like"} image ${id}`;
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.textContent = "×";
+  remove.title = "Remove from the query";
+  remove.setAttribute("aria-label", `Remove image ${id} from the query`);
+  remove.addEventListener("click", () => {
+    const key = sign === "+" ? "like" : "unlike";
+    navigate({ ...query, [key]: query[key].filter((other) => other !== id) });
+  });
+  item.append(sign, img, remove);
+  return item;
+}
+
 function describeQuery(query) {
   const info = $("query-info");
   info.replaceChildren();
@@ -77,6 +120,8 @@ function describeQuery(query) {
     img.alt = `Image ${query.image_id}`;
     info.append(img, `More like image ${query.image_id}`);
   }
+  for (const id of query.like || []) info.append(chip(id, "+", query));
+  for (const id of query.unlike || []) info.append(chip(id, "−", query));
 }
 
 function displayName(uri) {
@@ -109,26 +154,35 @@ function card(result) {
   return item;
 }
 
+function searchBody(query) {
+  const body = { collection: query.collection, top_k: pageSize(), order: query.order || "score" };
+  for (const key of ["text", "image", "image_id"]) if (query[key]) body[key] = query[key];
+  if (query.like?.length) body.positive = query.like.map((id) => ({ image_id: id }));
+  if (query.unlike?.length) body.negative = query.unlike.map((id) => ({ image_id: id }));
+  return body;
+}
+
 async function runSearch(query, append = false) {
   if (state.loading) return;
   state.loading = true;
+  showView("search");
   if (!append) {
     state.query = query;
     state.shown = 0;
+    state.cursor = null;
     state.exhausted = false;
     $("results").replaceChildren();
     describeQuery(query);
   }
   setStatus("Searching…");
-  const want = state.shown + PAGE;
-  const body = { collection: query.collection, top_k: want };
-  for (const key of ["text", "image", "image_id"]) if (query[key]) body[key] = query[key];
+  // The next page comes from the cursor: the server neither re-encodes the query nor re-sends earlier results.
+  const body = append ? { cursor: state.cursor, top_k: pageSize() } : searchBody(query);
   try {
     const answer = await api("/search", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-    const fresh = answer.results.slice(state.shown);
-    $("results").append(...fresh.map(card));
-    state.shown = answer.results.length;
-    state.exhausted = answer.results.length < want;
+    $("results").append(...answer.results.map(card));
+    state.shown += answer.results.length;
+    state.cursor = answer.next_cursor;
+    state.exhausted = !answer.next_cursor;
     setStatus(state.shown ? `${state.shown} result${state.shown === 1 ? "" : "s"} in ${(answer.time * 1000).toFixed(0)} ms` : "No images match. Try other words, or another collection.");
   } catch (error) {
     setStatus(error.message, true);
@@ -151,8 +205,10 @@ function idle(collection) {
 function fromUrl() {
   const query = queryFromUrl();
   $("q").value = query.text || "";
-  if (query.text || query.image_id) runSearch(query);
-  else idle(query.collection);
+  $("order").value = query.order;
+  if (query.view === "duplicates") showDuplicates(query.collection);
+  else if (hasQuery(query)) runSearch(query);
+  else { showView("search"); idle(query.collection); }
 }
 
 function navigate(query) {
@@ -176,7 +232,17 @@ async function openDetail(id) {
       const dd = document.createElement("dd"); dd.textContent = v;
       return [dt, dd];
     }));
-    $("more-like-this").onclick = () => { dialog.close(); navigate({ collection: image.collection, image_id: image.id }); };
+    $("more-like-this").onclick = () => { dialog.close(); navigate({ collection: image.collection, image_id: image.id, order: $("order").value }); };
+    const refine = (key) => () => {
+      dialog.close();
+      const query = { like: [], unlike: [], ...(state.query || { collection: image.collection }) };
+      delete query.image;  // an uploaded image is not in the URL; a refined query must be shareable
+      const other = key === "like" ? "unlike" : "like";
+      navigate({ ...query, [other]: query[other].filter((x) => x !== image.id), [key]: [...new Set([...query[key], image.id])] });
+    };
+    $("refine-like").onclick = refine("like");
+    $("refine-unlike").onclick = refine("unlike");
+    $("refine-like").hidden = $("refine-unlike").hidden = !state.query || !hasQuery(state.query);
     dialog.showModal();
   } catch (error) {
     setStatus(error.message, true);
@@ -200,14 +266,29 @@ function wire() {
     event.preventDefault();
     const text = $("q").value.trim();
     const collection = $("collection").value || "default";
-    if (text) navigate({ collection, text });
+    if (text) navigate({ collection, text, order: $("order").value });
     else { history.pushState(null, "", urlFor({ collection })); idle(collection); }
   });
   $("collection").addEventListener("change", () => {
-    const query = { ...(state.query || {}), collection: $("collection").value };
+    const collection = $("collection").value;
+    if (queryFromUrl().view === "duplicates") { history.pushState(null, "", urlFor({ view: "duplicates", collection })); showDuplicates(collection); return; }
+    // Stored ids belong to the collection they came from: a refinement does not carry over.
+    const query = { ...(state.query || {}), collection, like: [], unlike: [] };
     delete query.image;
-    if (query.text || query.image_id) navigate(query); else { history.pushState(null, "", urlFor(query)); idle(query.collection); }
+    if (hasQuery(query)) navigate(query); else { history.pushState(null, "", urlFor(query)); idle(query.collection); }
   });
+  $("order").addEventListener("change", () => {
+    const query = { ...(state.query || queryFromUrl()), order: $("order").value };
+    if (hasQuery(query) && !query.image) navigate(query);
+    else if (query.image) runSearch(query);
+  });
+  $("duplicates-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    const collection = $("collection").value || "default";
+    history.pushState(null, "", urlFor({ view: "duplicates", collection }));
+    showDuplicates(collection);
+  });
+  $("dup-form").addEventListener("submit", (event) => { event.preventDefault(); showDuplicates($("collection").value || "default"); });
   $("file").addEventListener("change", (event) => searchByFile(event.target.files[0]));
   $("more").addEventListener("click", () => runSearch(state.query, true));
   new IntersectionObserver((entries) => {
