@@ -14,6 +14,9 @@ SCENARIOS = {
     "ray": "bench.ray_ingest",
     "runtime": "bench.runtime",
     "cli": "bench.cli",
+    "duplicates": "bench.duplicates",
+    "exchange": "bench.exchange",
+    "compose": "bench.compose",
 }
 
 

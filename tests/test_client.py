@@ -327,3 +327,17 @@ def test_keyed_server_accepts_the_key_as_a_bearer_token(keyed_server: Server) ->
         assert keyed.download_image(added.id) == data
         assert keyed.embed_text("a cat").shape == (1, T16_DIM)
         assert [c.name for c in keyed.collections()] == ["default"]
+
+
+def test_server_side_ingest_can_skip_near_duplicates(client: PESearchClient, ingest_root: Path) -> None:
+    folder = ingest_root / "near"
+    folder.mkdir()
+    png = _write(folder, "a.png", seed=4040, fmt="PNG")
+    from PIL import Image
+
+    Image.open(png).save(folder / "b.bmp")  # the same pixels, other bytes: cosine 1 up to rounding
+    job = client.ingest(folder, collection="near", near_duplicates="skip", poll_interval=0.1, timeout=60)
+    assert job.status == "done", job.error
+    assert (job.summary["added"], job.summary["near_duplicates_skipped"]) == (1, 1)
+    (near,) = job.summary["near_duplicates"]
+    assert near["uri"].endswith("b.bmp") and near["of_uri"].endswith("a.png") and near["score"] >= 0.99

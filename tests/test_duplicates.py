@@ -109,3 +109,16 @@ def test_identical_files_show_as_shared_content(store: VectorStore) -> None:
     report = asyncio.run(DuplicateService(store=store).find("c"))
     (shared,) = report.exact
     assert shared.image.id == ids[1] and shared.uris == sorted([rows[1].uri, copy.uri])
+
+
+def test_hnsw_at_full_width_does_not_take_the_process_down(store: VectorStore) -> None:
+    """faiss 1.15's HNSW range search aborts the process on 1024-d data (found by `bench duplicates`): the
+    store asks an HNSW index for neighbours instead, and a crash here would end the whole test run."""
+    dim = 1024
+    info = store.create_collection("wide", model="PE-Core-B16-224", dim=dim, index_type="hnsw")
+    rng = np.random.default_rng(3)
+    base = unit(rng.standard_normal((1500, dim)))
+    copies = unit(base[:10] + 0.002 * rng.standard_normal((10, dim)))
+    ids = [i for i, _ in store.add_images(info.id, items(np.concatenate([base, copies])))]
+    found = {(a, b) for a, b, _ in store.near_duplicates(info.id, 0.99)}
+    assert found == {(ids[i], ids[1500 + i]) for i in range(10)}

@@ -240,6 +240,10 @@ class IngestRequest(BaseModel):
     collection: CollectionName = "default"
     column: str | None = Field(default=None, description="Manifest column holding the path or URL")
     perception_encoder_version_id: str | None = None
+    near_duplicates: Literal["warn", "skip"] | None = Field(
+        default=None, description="Check new images against the collection: warn (add, report) or skip them"
+    )
+    near_threshold: float | None = Field(default=None, gt=0, le=1, description="Default PE_SEARCH_DUPLICATE_THRESHOLD")
 
 
 class IngestJobOut(BaseModel):

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urljoin
 
 import numpy as np
@@ -165,15 +165,19 @@ class PESearchClient(SearchMethods):
         poll_interval: float = 0.5,
         timeout: float = 3600,
         column: str | None = None,
+        near_duplicates: Literal["warn", "skip"] | None = None,
     ) -> IngestJob:
         """Start a server-side ingest of a folder, manifest or URL list under PE_SEARCH_INGEST_ROOTS.
 
         With `wait`, poll until the job is done, failed or cancelled (a failed job is returned, not
-        raised; check `status` and `error`); TimeoutError after `timeout` seconds.
+        raised; check `status` and `error`); TimeoutError after `timeout` seconds. `near_duplicates`
+        warn or skip: new images within PE_SEARCH_DUPLICATE_THRESHOLD of stored ones are reported or left out.
         """
         body: dict[str, Any] = {"source": str(source), "kind": kind, "collection": collection}
         if column is not None:
             body["column"] = column
+        if near_duplicates is not None:
+            body["near_duplicates"] = near_duplicates
         job = parse_job(self._json("POST", "/ingest", json=body))
         if not wait:
             return job

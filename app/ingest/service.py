@@ -7,6 +7,7 @@ from pathlib import Path
 
 from app.errors import ForbiddenPathError, InvalidInputError
 from app.ingest.jobs import Job, JobManager
+from app.ingest.near_duplicates import NearDuplicatePolicy, NearMode
 from app.ingest.pipeline import BatchObserver, Ingestor
 from app.ingest.sources import Rejected, SourceItem, folder_items, manifest_items, url_list_items
 from app.media.fetch import UrlFetcher
@@ -41,7 +42,20 @@ class IngestService:
         self.jobs = jobs
         self.on_batch = on_batch
 
-    def start(self, *, source: str, kind: str, collection: str, column: str | None, model: str | None) -> Job:
+    def start(
+        self,
+        *,
+        source: str,
+        kind: str,
+        collection: str,
+        column: str | None,
+        model: str | None,
+        near_duplicates: NearMode | None = None,
+        near_threshold: float | None = None,
+    ) -> Job:
+        near = None
+        if near_duplicates is not None:
+            near = NearDuplicatePolicy(near_duplicates, near_threshold or self.settings.duplicate_threshold)
         roots = self.settings.ingest_root_paths
         path = allowed_path(source, roots)
         if not path.exists():
@@ -56,7 +70,12 @@ class IngestService:
             # Resolved in the job's thread: loading a model can take a while.
             encoder = self.registry.get(model or self.store.model_of(collection))
             return Ingestor.from_settings(
-                self.settings, store=self.store, encoder=encoder, fetcher=self.fetcher, on_batch=self.on_batch
+                self.settings,
+                store=self.store,
+                encoder=encoder,
+                fetcher=self.fetcher,
+                on_batch=self.on_batch,
+                near_duplicates=near,
             )
 
         return self.jobs.submit(source=str(path), collection=collection, items=readers[kind], ingestor=ingestor)

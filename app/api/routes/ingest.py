@@ -28,6 +28,8 @@ async def start_ingest(body: IngestRequest, ingest: IngestDep) -> IngestJobOut:
         collection=body.collection,
         column=body.column,
         model=body.perception_encoder_version_id,
+        near_duplicates=body.near_duplicates,
+        near_threshold=body.near_threshold,
     )
     return IngestJobOut(**job.to_dict())
 

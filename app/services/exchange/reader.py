@@ -52,26 +52,46 @@ def _check_shard(directory: Path, shard: Shard, manifest: ExportManifest) -> Non
             f"{shard.metadata} has {parquet.metadata.num_rows} rows, the manifest says {shard.rows}"
         )
     if manifest.format == "npy":
-        vectors = _vectors(directory, shard)
+        vectors = NpyRows(directory, shard)
         if vectors.shape != (shard.rows, manifest.dim):
             raise InvalidInputError(
                 f"{shard.embeddings} holds {vectors.shape}, the manifest says ({shard.rows}, {manifest.dim})"
             )
-        for start in range(0, shard.rows, 65_536):
-            if not np.isfinite(vectors[start : start + 65_536]).all():
+        for start in range(0, shard.rows, BATCH_ROWS):
+            if not np.isfinite(vectors.read(start, BATCH_ROWS)).all():
                 raise InvalidInputError(f"{shard.embeddings} holds NaN or infinite values")
 
 
-def _vectors(directory: Path, shard: Shard) -> np.ndarray:
-    if shard.embeddings is None or not (directory / shard.embeddings).is_file():
-        raise InvalidInputError(f"the export lacks the embeddings of {shard.metadata}")
-    try:
-        vectors = np.load(directory / shard.embeddings, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise InvalidInputError(f"{shard.embeddings} is not a readable .npy file: {exc}") from exc
-    if vectors.dtype != np.float32 or vectors.ndim != 2:
-        raise InvalidInputError(f"{shard.embeddings} holds {vectors.dtype} of {vectors.ndim} dims, not float32 rows")
-    return vectors
+class NpyRows:
+    """A float32 .npy matrix read a range of rows at a time with plain reads: a memory map would leave
+    every page read in the process's resident memory until the end of the shard."""
+
+    def __init__(self, directory: Path, shard: Shard) -> None:
+        if shard.embeddings is None or not (directory / shard.embeddings).is_file():
+            raise InvalidInputError(f"the export lacks the embeddings of {shard.metadata}")
+        self.path = directory / shard.embeddings
+        try:
+            with open(self.path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = header(f)
+                self.offset = f.tell()
+        except ValueError as exc:
+            raise InvalidInputError(f"{shard.embeddings} is not a readable .npy file: {exc}") from exc
+        if dtype != np.dtype("<f4") or len(shape) != 2 or fortran:
+            raise InvalidInputError(f"{shard.embeddings} holds {dtype} of shape {shape}, not float32 rows")
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        if self.path.stat().st_size < self.offset + self.shape[0] * self.shape[1] * 4:
+            raise InvalidInputError(f"{shard.embeddings} is truncated: it is shorter than its {shape} header says")
+
+    def read(self, start: int, rows: int) -> np.ndarray:
+        rows = max(0, min(rows, self.shape[0] - start))
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.shape[1] * 4)
+            block = np.fromfile(f, dtype="<f4", count=rows * self.shape[1])
+        return block.reshape(rows, self.shape[1]).astype(np.float32, copy=False)
 
 
 def check_export(directory: Path) -> ExportManifest:
@@ -88,13 +108,13 @@ def check_export(directory: Path) -> ExportManifest:
 
 
 def _rows(directory: Path, shard: Shard, manifest: ExportManifest) -> Iterator[list[NewImage]]:
-    vectors = _vectors(directory, shard) if manifest.format == "npy" else None
+    vectors = NpyRows(directory, shard) if manifest.format == "npy" else None
     at = 0
     for batch in pq.ParquetFile(directory / shard.metadata).iter_batches(batch_size=BATCH_ROWS):
         columns = batch.to_pydict()
         n = batch.num_rows
         if vectors is not None:
-            block = np.asarray(vectors[at : at + n], dtype=np.float32)
+            block = vectors.read(at, n)
         else:
             block = np.asarray(batch.column("embedding").flatten(), dtype=np.float32).reshape(n, manifest.dim)
             if not np.isfinite(block).all():
