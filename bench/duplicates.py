@@ -69,7 +69,8 @@ def planted(n: int, dim: int, seed: int = 1) -> np.ndarray:
     return np.concatenate([base, copies])
 
 
-def fill(store: VectorStore, vectors: np.ndarray, index_type: str) -> tuple[int, list[int]]:
+def fill(store: VectorStore, vectors: np.ndarray, index_type: str = "auto", meta=None) -> tuple[int, list[int]]:
+    """A `bench` collection of the vectors, committed in batches; `meta(i)` gives row i's metadata."""
     info = store.create_collection("bench", model="PE-Core-L14-336", dim=vectors.shape[1], index_type=index_type)
     ids: list[int] = []
     for start in range(0, len(vectors), INSERT_BATCH):
@@ -82,6 +83,7 @@ def fill(store: VectorStore, vectors: np.ndarray, index_type: str) -> tuple[int,
                 format="JPEG",
                 byte_size=1000 + i,
                 vector=v,
+                meta=meta(start + i) if meta else {},
             )
             for i, v in enumerate(vectors[start : start + INSERT_BATCH])
         ]

@@ -11,7 +11,6 @@ the export imported into a second, empty store (`import_collection`). Baseline i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -22,40 +21,15 @@ import numpy as np
 
 from app.services.exchange.reader import import_collection
 from app.services.exchange.writer import export_collection
-from bench.duplicates import PeakRss
+from bench.duplicates import PeakRss, fill
 from bench.machine import describe
 from bench.query import Clustered, generate
 from index.db import create_db_engine
-from index.dto import NewImage
 from index.store import VectorStore
-
-MODEL = "PE-Core-L14-336"
-BATCH = 5_000
 
 
 def open_store(root: Path) -> VectorStore:
     return VectorStore(engine=create_db_engine(f"sqlite:///{root / 'b.db'}"), index_dir=root / "idx").open()
-
-
-def fill(store: VectorStore, vectors: np.ndarray) -> None:
-    info = store.create_collection("bench", model=MODEL, dim=vectors.shape[1])
-    for start in range(0, len(vectors), BATCH):
-        store.add_images(
-            info.id,
-            [
-                NewImage(
-                    sha256=hashlib.sha256(str(start + i).encode()).hexdigest(),
-                    uri=f"/photos/{start + i:07d}.jpg",
-                    width=640,
-                    height=480,
-                    format="JPEG",
-                    byte_size=50_000 + i,
-                    vector=v,
-                    meta={"n": start + i, "label": f"class-{(start + i) % 97}"},
-                )
-                for i, v in enumerate(vectors[start : start + BATCH])
-            ],
-        )
 
 
 def by_sha(store: VectorStore) -> dict[str, bytes]:
@@ -95,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         started = time.perf_counter()
         source = open_store(root / "a")
-        fill(source, vectors)
+        fill(source, vectors, meta=lambda i: {"n": i, "label": f"class-{i % 97}"})
         report["fill_s"] = round(time.perf_counter() - started, 1)
 
         started = time.perf_counter()

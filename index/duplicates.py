@@ -22,7 +22,10 @@ from index import vector_rows
 from index.live import LiveIndex
 from index.models import Image, Source
 
-BLOCK_ROWS = 4096
+# Small enough that a block's search holds the collection's index lock under a second at 100k x 1024-d
+# (searches and ingests wait on it), large enough for FAISS's BLAS-blocked scan.
+BLOCK_ROWS = 1024
+_IN_CHUNK = 10_000
 # Neighbours asked of an approximate index per image: a group larger than this is still joined
 # through its members' own neighbours.
 CANDIDATES = 16
@@ -50,7 +53,8 @@ def near_duplicate_pairs(
         for ids, vectors in vector_rows.iter_vectors(session, collection_id=collection_id, batch=block or BLOCK_ROWS):
             with live.lock:
                 found = _candidates(live, vectors, threshold, nprobe)
-            yield from _pairs(session, ids, vectors, found, threshold, live.index.hidden, exact=_approximate(live))
+                hidden = set(live.index.hidden)  # a copy: deletions may land once the lock is released
+            yield from _pairs(session, ids, vectors, found, threshold, hidden, exact=_approximate(live))
 
 
 def _approximate(live: LiveIndex) -> bool:
@@ -99,7 +103,9 @@ def _pairs(
         keep &= ~np.isin(right, np.fromiter(hidden, np.int64, len(hidden)))
     rows, left, right, scores = rows[keep], left[keep], right[keep], scores[keep]
     if exact and len(right):
-        partner_ids, partner_vectors = vector_rows.vectors_for(session, image_ids=np.unique(right).tolist())
+        partner_ids, partner_vectors = _vectors(session, np.unique(right))
+        if not len(partner_ids):
+            return
         known = np.isin(right, partner_ids)  # a partner deleted since the index was read drops out
         rows, left, right = rows[known], left[known], right[known]
         order = np.argsort(partner_ids)
@@ -108,6 +114,17 @@ def _pairs(
     for a, b, s in zip(left.tolist(), right.tolist(), scores.tolist(), strict=True):
         if s >= threshold:
             yield min(a, b), max(a, b), min(1.0, float(s))
+
+
+def _vectors(session: Session, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    parts = [
+        vector_rows.vectors_for(session, image_ids=ids[i : i + _IN_CHUNK].tolist())
+        for i in range(0, len(ids), _IN_CHUNK)
+    ]
+    parts = [(i, v) for i, v in parts if len(i)]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return np.concatenate([i for i, _ in parts]), np.concatenate([v for _, v in parts])
 
 
 def shared_content(session: Session, *, collection_id: int, limit: int) -> list[tuple[int, list[str]]]:

@@ -49,7 +49,9 @@ class ImageMethods:
                 session, collection_id=collection_id, up_to=up_to, batch=batch
             ):
                 records = crud.image_records(session, image_ids=ids.tolist())
-                yield [records[int(i)] for i in ids], vectors
+                # An image deleted between the two reads drops out of the batch.
+                keep = np.fromiter((int(i) in records for i in ids), dtype=bool, count=len(ids))
+                yield [records[int(i)] for i in ids[keep]], vectors[keep]
 
     def id_watermark(self, collection_id: int) -> int:
         """The collection's largest image id so far (0 when empty)."""

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.errors import InvalidInputError
+from app.services import duplicates as duplicates_service
 from app.services.duplicates import DuplicateService, group_pairs, keeper
 from index import duplicates as duplicates_module
 from index.store import VectorStore
@@ -122,3 +124,37 @@ def test_hnsw_at_full_width_does_not_take_the_process_down(store: VectorStore) -
     ids = [i for i, _ in store.add_images(info.id, items(np.concatenate([base, copies])))]
     found = {(a, b) for a, b, _ in store.near_duplicates(info.id, 0.99)}
     assert found == {(ids[i], ids[1500 + i]) for i in range(10)}
+
+
+def test_resolve_deletes_only_what_is_like_the_keeper(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain A~B~C is one group, but C is not like A: keeping A deletes B, never C."""
+    info = store.create_collection("c", model=MODEL, dim=DIM)
+    angles = [0.0, 0.12, 0.24]  # neighbours at cosine 0.993; the ends at 0.971
+    chain = np.zeros((3, DIM), np.float32)
+    chain[:, 0], chain[:, 1] = np.cos(angles), np.sin(angles)
+    others = clustered(20, seed=4)
+    ids = [i for i, _ in store.add_images(info.id, items(np.concatenate([chain, others])))]
+    service = DuplicateService(store=store)
+    report = asyncio.run(service.find("c", threshold=0.99, resolve="keep-oldest"))
+    (group,) = report.groups
+    assert [i.id for i in group.images] == ids[:3] and group.keep == ids[0] and group.extras == (ids[1],)
+    assert asyncio.run(service.delete_extras(report)) == 1
+    assert set(store.images(ids[:3])) == {ids[0], ids[2]}
+    # A resolve planned before its keeper was deleted elsewhere deletes nothing of that group.
+    report = asyncio.run(service.find("c", threshold=0.97, resolve="keep-largest"))
+    (group,) = report.groups
+    store.delete_images([group.keep])
+    assert asyncio.run(service.delete_extras(report)) == 0
+
+
+def test_a_threshold_that_finds_similar_not_duplicate_images_is_refused(
+    store: VectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = store.create_collection("c", model=MODEL, dim=DIM)
+    add(store, info.id, planted(300, 10))
+    service = DuplicateService(store=store)
+    with pytest.raises(InvalidInputError, match="from 0.8 to 1"):
+        asyncio.run(service.find("c", threshold=0.5))
+    monkeypatch.setattr(duplicates_service, "MAX_PAIRS", 5)
+    with pytest.raises(InvalidInputError, match="Raise it"):
+        asyncio.run(service.find("c", threshold=0.99))

@@ -161,3 +161,42 @@ def test_cli_export_and_import_between_data_dirs(tmp_path: Path) -> None:
     assert [(c["name"], c["count"]) for c in json.loads(listed.stdout)] == [("photos", 300)]
     again = cli(src, "export", "--collection", "photos", "--out", str(tmp_path / "x"))
     assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_bad_rows_are_refused_before_the_first_write(source: VectorStore, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    out = tmp_path / "export"
+    export_collection(source, collection="photos", out=out, shard_rows=1000, fmt="parquet")
+    target = open_store(tmp_path / "dst")
+    last = out / "metadata" / "metadata_0002.parquet"
+    good = pq.read_table(last)
+
+    def with_column(name: str, values: list) -> None:
+        column = good.schema.field(name)
+        pq.write_table(good.set_column(good.schema.get_field_index(name), column, pa.array(values, column.type)), last)
+
+    def refused(match: str) -> None:
+        with pytest.raises(InvalidInputError, match=match):
+            import_collection(target, source=out, collection="copy")
+        assert target.model_of("copy") is None  # shards 0 and 1 were fine, and still nothing was written
+
+    metadata = good.column("metadata").to_pylist()
+    with_column("metadata", metadata[:-1] + ["{not json"])
+    refused("unreadable metadata")
+    with_column("metadata", metadata[:-1] + ['{"x": NaN}'])
+    refused("unreadable metadata")
+    with_column("metadata", metadata[:-1] + ["[1, 2]"])
+    refused("JSON objects")
+    widths = good.column("width").to_pylist()
+    with_column("width", widths[:-1] + [None])
+    refused("width has empty")
+    vectors = np.asarray(good.column("embedding").to_pylist(), dtype=np.float32)
+    vectors[3] *= 2
+    with_column("embedding", list(vectors))
+    refused("not unit length")
+    pq.write_table(good.drop_columns(["embedding"]).append_column("embedding", pa.array(list(vectors[:, :8]))), last)
+    refused("not 512 float32")
+    pq.write_table(good, last)
+    assert import_collection(target, source=out, collection="copy").added == N
+    target.engine.dispose()

@@ -56,6 +56,13 @@ def stored(api, tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:  
     return out
 
 
+def cli(server, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:  # noqa: ANN001
+    """`pe-search ARGS` as its own process, on the server's data dir."""
+    env = server_env(server.log_path.parent / "data", "PE-Core-T16-384")
+    command = [sys.executable, "-m", "app.cli", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
@@ -137,7 +144,11 @@ def test_vector_queries(api, stored) -> None:  # noqa: ANN001
         ({"positive": [], "parts": []}, 422, "empty"),
         ({"positive": ["a cat"], "negative": ["a cat"]}, 422, "cancel out"),
         ({"positive": ["a cat", {"image": {"type": "base64", "value": "bm90IGFuIGltYWdl"}}]}, 400, "part 2 (image)"),
-        ({"positive": ["a cat"], "parts": [{"text": "x", "image_id": 3}]}, 400, "exactly one"),
+        (
+            {"positive": ["a cat"], "parts": [{"text": "x", "image_id": 3}]},
+            422,
+            "part 2: A query part takes exactly one",
+        ),
         ({"positive": ["a cat", {"image_id": 999_999_999}]}, 404, "part 2 (image_id)"),
     ],
 )
@@ -189,15 +200,7 @@ def test_a_cursor_keeps_its_filter_and_refuses_other_collections_and_tampering(a
 
 def test_a_cursor_expires_with_the_index_generation(api, server, stored) -> None:  # noqa: ANN001
     page = api.search("a tower", top_k=3, collection=COLLECTION)
-    env = server_env(server.log_path.parent / "data", "PE-Core-T16-384")
-    done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "reindex", "--collection", COLLECTION],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli(server, "reindex", "--collection", COLLECTION)
     assert done.returncode == 0, done.stderr
     with pytest.raises(PESearchAPIError) as stale:
         api.search(cursor=page.next_cursor)
@@ -228,7 +231,6 @@ def test_get_search_takes_offset_and_order(api, server, stored) -> None:  # noqa
 
 
 def test_cli_composed_search_matches_the_server(api, server, stored) -> None:  # noqa: ANN001
-    env = server_env(server.log_path.parent / "data", "PE-Core-T16-384")
     args = [
         "search",
         "a dog",
@@ -242,31 +244,15 @@ def test_cli_composed_search_matches_the_server(api, server, stored) -> None:  #
         "5",
         "--json",
     ]
-    remote = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args, "--server", server.url],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    remote = cli(server, *args, "--server", server.url)
     assert remote.returncode == 0, remote.stderr
-    local = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    local = cli(server, *args)
     assert local.returncode == 0, local.stderr
     expected = api.search("a dog", positive=["on a beach"], negative=["people"], top_k=5, collection=COLLECTION)
     for output in (remote.stdout, local.stdout):
         rows = json.loads(output)
         assert [r["id"] for r in rows] == [h.id for h in expected.hits]
-    nothing = subprocess.run(
-        [sys.executable, "-m", "app.cli", "search", "--not", "people", "--collection", COLLECTION],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    nothing = cli(server, "search", "--not", "people", "--collection", COLLECTION)
     assert nothing.returncode != 0 and "no positive part" in nothing.stderr
 
 
@@ -310,11 +296,9 @@ def test_duplicates_route_and_client(api, server, twins) -> None:  # noqa: ANN00
 
 def test_duplicates_cli_dry_run_then_delete(api, server, twins) -> None:  # noqa: ANN001
     threshold, _, ids = twins
-    env = server_env(server.log_path.parent / "data", "PE-Core-T16-384")
-    base = [sys.executable, "-m", "app.cli", "duplicates", "--collection", "dups", "--threshold", str(threshold)]
 
     def run(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*base, *extra], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        return cli(server, "duplicates", "--collection", "dups", "--threshold", str(threshold), *extra)
 
     dry = run("--resolve", "keep-oldest")
     assert dry.returncode == 0 and "dry run: 2 images would be deleted" in dry.stdout, dry.stderr
@@ -338,18 +322,10 @@ def test_ingest_screens_near_duplicates(api, server, twins, tmp_path) -> None:  
 
     Image.open(folder / "a.png").save(folder / "b.tiff")  # the same pixels, other bytes
     (folder / "c-copy.png").write_bytes(png)  # the very same bytes
-    env = server_env(server.log_path.parent / "data", "PE-Core-T16-384")
 
     def ingest(mode: str) -> dict:
         args = ["ingest", str(folder), "--collection", "screened", "--near-duplicates", mode]
-        done = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args, "--near-threshold", str(threshold), "--json", "--quiet"],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = cli(server, *args, "--near-threshold", str(threshold), "--json", "--quiet")
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

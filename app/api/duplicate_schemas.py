@@ -12,6 +12,10 @@ class DuplicateGroupOut(BaseModel):
     min_score: float = Field(description="The lowest cosine among the pairs that joined the group")
     max_score: float
     keep: int | None = Field(description="The image the resolve rule keeps; null without a rule")
+    extras: list[int] = Field(
+        description="What a resolve deletes: the members within the threshold of the keeper itself (a member "
+        "joined only through others stays)"
+    )
 
 
 class SharedContentOut(BaseModel):

@@ -145,6 +145,13 @@ class ErrorResponse(BaseModel):
     message: str
 
 
+class UnprocessableResponse(BaseModel):
+    """A 422: a body that fails validation (`detail`, FastAPI's list) or a query that cannot be searched (`message`)."""
+
+    message: str | None = None
+    detail: list[dict[str, Any]] | None = None
+
+
 def to_refs(value: Any) -> Any:
     """A prompt or subject of any accepted shape, with each ImageObject as the services' ImageRef."""
     if isinstance(value, ImageObject):

@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.schemas import ImageObject
+from app.api.urls import file_url
 from app.services.query_parts import QueryPart
+from index.dto import ImageRecord as StoredImage
 from index.filters import Scalar
 
 
@@ -122,7 +124,7 @@ class SearchRequest(BaseModel):
         default="score", description="created_at orders the best `candidates` matches by date"
     )
     candidates: int | None = Field(default=None, ge=1, description="Matches a date order sorts (default 200)")
-    cursor: Annotated[str, Field(max_length=65_536)] | None = Field(
+    cursor: Annotated[str, Field(max_length=1_000_000)] | None = Field(
         default=None, description="next_cursor of the page before: the next page, without re-encoding"
     )
     collection: CollectionName | None = Field(default=None, description="Default: `default`, or the cursor's")
@@ -174,6 +176,23 @@ class ImageRecord(BaseModel):
     file_url: str
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def of(cls, image: StoredImage, collection: str) -> ImageRecord:
+        return cls(
+            id=image.id,
+            collection=collection,
+            sha256=image.sha256,
+            uri=image.uri,
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            byte_size=image.byte_size,
+            metadata=image.meta,
+            file_url=file_url(image.id),
+            created_at=image.created_at,
+            updated_at=image.updated_at,
+        )
 
 
 class AddImageRequest(BaseModel):

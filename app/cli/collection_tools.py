@@ -31,7 +31,13 @@ def _report_rows(report: DuplicateReport) -> dict[str, Any]:
         "threshold": report.threshold,
         "total_groups": report.total_groups,
         "groups": [
-            {"min_score": g.min_score, "max_score": g.max_score, "keep": g.keep, "images": [image(i) for i in g.images]}
+            {
+                "min_score": g.min_score,
+                "max_score": g.max_score,
+                "keep": g.keep,
+                "extras": list(g.extras),
+                "images": [image(i) for i in g.images],
+            }
             for g in report.groups
         ],
         "exact": [{"id": e.image.id, "uris": e.uris} for e in report.exact],
@@ -43,9 +49,11 @@ def _print_report(report: DuplicateReport, deleting: bool) -> None:
     for number, group in enumerate(report.groups, 1):
         print(f"group {number}: {len(group.images)} images, cosine {group.min_score:.4f}-{group.max_score:.4f}")
         for image in group.images:
-            mark = (
-                "  " if group.keep is None else ("keep" if image.id == group.keep else ("del " if deleting else "drop"))
-            )
+            mark = "    "
+            if image.id == group.keep:
+                mark = "keep"
+            elif image.id in group.extras:
+                mark = "del " if deleting else "drop"
             print(f"  {mark} {image.id:>8}  {image.width}x{image.height}  {image.byte_size:>9} B  {image.uri}")
     for shared in report.exact:
         print(f"identical files, stored once as image {shared.image.id}: {', '.join(shared.uris)}")

@@ -136,6 +136,7 @@ class DuplicateGroup:
     min_score: float
     max_score: float
     keep: int | None  # the image a resolve rule keeps; None without a rule
+    extras: list[int]  # what a resolve deletes: the members within the threshold of the keeper itself
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,7 @@ class SearchMethods:
                     min_score=g["min_score"],
                     max_score=g["max_score"],
                     keep=g.get("keep"),
+                    extras=g.get("extras", []),
                 )
                 for g in raw["groups"]
             ],

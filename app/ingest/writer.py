@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # A crash loses at most this much indexing work: the vectors are in the database anyway.
 CHECKPOINT_EVERY_SECONDS = 60.0
+NEAR_LISTED = 1000
 
 
 @dataclass
@@ -35,6 +36,7 @@ class IngestSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     near_duplicates: list[NearDuplicate] = field(default_factory=list)
+    near_found: int = 0
     near_skipped: int = 0
 
     @property
@@ -53,6 +55,7 @@ class IngestSummary:
                 {"uri": n.uri, "of_id": n.of_id, "of_uri": n.of_uri, "score": round(n.score, 4)}
                 for n in self.near_duplicates
             ],
+            "near_duplicates_found": self.near_found,
             "near_duplicates_skipped": self.near_skipped,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(rate, 2),
@@ -175,7 +178,9 @@ def commit_batch(
     """Rows and failures in one transaction, then counted into `summary`; `near` screens near-duplicates first."""
     if near is not None and rows:
         kept, found = screen(store, info, rows, near)
-        summary.near_duplicates.extend(found)
+        summary.near_found += len(found)
+        # The first ones, itemised; a library of thousands of near-copies is counted, not listed.
+        summary.near_duplicates.extend(found[: max(0, NEAR_LISTED - len(summary.near_duplicates))])
         summary.near_skipped += len(rows) - len(kept)
         rows = kept
     if not rows and not failures:

@@ -23,7 +23,9 @@ import numpy as np
 from app.errors import CursorError
 from index.filters import SearchFilter
 
-MAX_CURSOR_CHARS = 65_536
+# Well above what a search can produce (a 1280-d vector and a large filter), and what a request may send.
+MAX_CURSOR_CHARS = 1_000_000
+_MAX_PAYLOAD = 4 * MAX_CURSOR_CHARS
 _MAC_BYTES = 16
 _VERSION = 1
 
@@ -110,9 +112,21 @@ class CursorCodec:
                 "The cursor was not signed by this server (or the server restarted without PE_SEARCH_CURSOR_SECRET): "
                 "search again for a fresh one."
             )
-        body = json.loads(zlib.decompress(payload))
-        if body.get("v") != _VERSION:
-            raise CursorError("The cursor is from another version of pe-search: search again.")
+        try:
+            inflater = zlib.decompressobj()
+            text = inflater.decompress(payload, _MAX_PAYLOAD)
+            if inflater.unconsumed_tail:
+                raise ValueError("payload too large")
+            body = json.loads(text)
+            if not isinstance(body, dict) or body.get("v") != _VERSION:
+                raise CursorError("The cursor is from another version of pe-search: search again.")
+            return self._state(body)
+        except (zlib.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Signed by a server with this secret, yet unreadable here: another build's layout.
+            raise CursorError("The cursor cannot be read by this server: search again for a fresh one.") from exc
+
+    @staticmethod
+    def _state(body: dict[str, Any]) -> PageState:
         return PageState(
             collection_id=body["c"],
             generation=body["g"],

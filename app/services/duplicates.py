@@ -13,6 +13,11 @@ from index.store import VectorStore
 
 Resolve = Literal["keep-largest", "keep-oldest"]
 RESOLVE_RULES: tuple[str, ...] = ("keep-largest", "keep-oldest")
+# Below this a "duplicate" is merely a similar image, and the pairs grow towards N squared.
+MIN_THRESHOLD = 0.8
+# A scan that finds more pairs than this stops: near-duplicates are rare, so the threshold is too low.
+MAX_PAIRS = 2_000_000
+_DELETE_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -22,11 +27,9 @@ class DuplicateGroup:
     min_score: float
     max_score: float
     keep: int | None = None
-
-    @property
-    def extras(self) -> list[int]:
-        """The ids a resolve rule would delete: all but the keeper (none without a rule)."""
-        return [i.id for i in self.images if self.keep is not None and i.id != self.keep]
+    # What a resolve deletes: the members that are themselves within the threshold of the keeper. A
+    # member joined only through a chain (A~B, B~C) may not be like the keeper at all, and stays.
+    extras: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,18 @@ def group_pairs(pairs: Iterable[tuple[int, int, float]]) -> list[tuple[list[int]
     return sorted(groups.members(), key=lambda g: (-len(g[0]), g[0][0]))
 
 
+def collect_pairs(pairs: Iterable[tuple[int, int, float]]) -> dict[tuple[int, int], float]:
+    out: dict[tuple[int, int], float] = {}
+    for a, b, score in pairs:
+        out[(a, b)] = score
+        if len(out) > MAX_PAIRS:
+            raise InvalidInputError(
+                f"More than {MAX_PAIRS:,} near-duplicate pairs at this threshold: it matches similar images, "
+                "not duplicates. Raise it."
+            )
+    return out
+
+
 def keeper(images: list[ImageRecord], rule: str | None) -> int | None:
     if rule is None:
         return None
@@ -104,25 +119,37 @@ class DuplicateService:
     ) -> DuplicateReport:
         """Up to `limit` groups of images at or above the cosine threshold, and shared-content images."""
         threshold = self.default_threshold if threshold is None else threshold
-        if not 0 < threshold <= 1:
-            raise InvalidInputError(f"threshold is a cosine in (0, 1] (got {threshold}).")
+        if not MIN_THRESHOLD <= threshold <= 1:
+            raise InvalidInputError(f"threshold is a cosine from {MIN_THRESHOLD} to 1 (got {threshold}).")
         if resolve is not None and resolve not in RESOLVE_RULES:  # refused before the scan, not after
             raise InvalidInputError(f"resolve must be one of {', '.join(RESOLVE_RULES)} (got {resolve!r}).")
         info = await run_blocking(self.store.collection, collection)
-        components = await run_blocking(lambda: group_pairs(self.store.near_duplicates(info.id, threshold)))
+        pairs = await run_blocking(lambda: collect_pairs(self.store.near_duplicates(info.id, threshold)))
+        components = group_pairs((a, b, s) for (a, b), s in pairs.items())
         shown = components[:limit]
         records = await run_blocking(self.store.images, [i for ids, _ in shown for i in ids])
         groups = []
         for ids, (lo, hi) in shown:
             images = [records[i] for i in ids if i in records]
             if len(images) > 1:
-                groups.append(DuplicateGroup(images, lo, hi, keeper(images, resolve)))
+                keep = keeper(images, resolve)
+                extras = tuple(i.id for i in images if keep is not None and (min(i.id, keep), max(i.id, keep)) in pairs)
+                groups.append(DuplicateGroup(images, lo, hi, keep, extras))
         shared = await run_blocking(self.store.shared_content, info.id, limit)
         owners = await run_blocking(self.store.images, [image_id for image_id, _ in shared])
         exact = [SharedContent(owners[i], uris) for i, uris in shared if i in owners]
         return DuplicateReport(info.name, threshold, groups, len(components), exact)
 
     async def delete_extras(self, report: DuplicateReport) -> int:
-        """Delete every group's images but its keeper; returns how many were deleted."""
-        doomed = [i for group in report.groups for i in group.extras]
-        return await run_blocking(self.store.delete_images, doomed) if doomed else 0
+        """Delete each group's extras; returns how many were deleted.
+
+        A group whose keeper is gone since the scan (another resolve, a delete) is left whole: deleting
+        its extras then could leave none of the group.
+        """
+        keepers = [g.keep for g in report.groups if g.keep is not None and g.extras]
+        alive = await run_blocking(self.store.images, keepers)
+        doomed = [i for g in report.groups if g.keep in alive for i in g.extras]
+        deleted = 0
+        for start in range(0, len(doomed), _DELETE_CHUNK):
+            deleted += await run_blocking(self.store.delete_images, doomed[start : start + _DELETE_CHUNK])
+        return deleted

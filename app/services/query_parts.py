@@ -65,7 +65,10 @@ def check_parts(parts: Sequence[QueryPart], max_items: int) -> None:
     if len(parts) > max_items:
         raise TooManyItemsError(len(parts), max_items)
     for number, part in enumerate(parts, 1):
-        part.kind  # noqa: B018 - validates that the part has exactly one field
+        try:
+            part.kind  # noqa: B018 - validates that the part has exactly one field
+        except InvalidInputError as exc:
+            raise UnprocessableQueryError(f"part {number}: {exc}") from exc
         if not math.isfinite(part.weight):
             raise UnprocessableQueryError(f"part {number}: the weight must be a finite number.")
     if not any(p.weight > 0 for p in parts):
@@ -135,8 +138,8 @@ class QueryComposer:
         except PESearchError as exc:
             raise relabel(exc, name) from exc
         if collection_id != info.id:
-            other = next(c for c in await run_blocking(self.store.collections) if c.id == collection_id)
-            if other.model != info.model:
+            other = next((c for c in await run_blocking(self.store.collections) if c.id == collection_id), None)
+            if other is not None and other.model != info.model:
                 raise relabel(ModelMismatchError(info.name, info.model, info.dim, other.model), name)
         return vector
 

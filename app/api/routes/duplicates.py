@@ -12,9 +12,7 @@ from app.api.deps import DuplicatesDep
 from app.api.duplicate_schemas import DuplicateGroupOut, DuplicatesResponse, SharedContentOut
 from app.api.schemas import ErrorResponse
 from app.api.store_schemas import ImageRecord
-from app.api.urls import file_url
 from app.services.duplicates import DuplicateReport
-from index.dto import ImageRecord as StoredImage
 
 router = APIRouter(
     prefix="/collections/{name}/duplicates",
@@ -23,27 +21,10 @@ router = APIRouter(
 )
 
 Threshold = Annotated[
-    float | None, Query(gt=0, le=1, description="Cosine at or above which images are near-duplicates (default 0.99)")
+    float | None, Query(ge=0.8, le=1, description="Cosine at or above which images are near-duplicates (default 0.99)")
 ]
 Limit = Annotated[int, Query(ge=1, le=10_000, description="Groups returned, largest first")]
 ResolveRule = Literal["keep-largest", "keep-oldest"]
-
-
-def _image(image: StoredImage, collection: str) -> ImageRecord:
-    return ImageRecord(
-        id=image.id,
-        collection=collection,
-        sha256=image.sha256,
-        uri=image.uri,
-        width=image.width,
-        height=image.height,
-        format=image.format,
-        byte_size=image.byte_size,
-        metadata=image.meta,
-        file_url=file_url(image.id),
-        created_at=image.created_at,
-        updated_at=image.updated_at,
-    )
 
 
 def _response(report: DuplicateReport, started: float, deleted: int = 0) -> DuplicatesResponse:
@@ -53,12 +34,16 @@ def _response(report: DuplicateReport, started: float, deleted: int = 0) -> Dupl
         threshold=report.threshold,
         groups=[
             DuplicateGroupOut(
-                images=[_image(i, name) for i in g.images], min_score=g.min_score, max_score=g.max_score, keep=g.keep
+                images=[ImageRecord.of(i, name) for i in g.images],
+                min_score=g.min_score,
+                max_score=g.max_score,
+                keep=g.keep,
+                extras=list(g.extras),
             )
             for g in report.groups
         ],
         total_groups=report.total_groups,
-        exact=[SharedContentOut(image=_image(e.image, name), uris=e.uris) for e in report.exact],
+        exact=[SharedContentOut(image=ImageRecord.of(e.image, name), uris=e.uris) for e in report.exact],
         deleted=deleted,
         time=time.perf_counter() - started,
     )

@@ -23,7 +23,6 @@ from app.api.store_schemas import (
     UploadFields,
     storable_json,
 )
-from app.api.urls import file_url
 from app.errors import InvalidInputError, UnsupportedMediaError
 from app.runtime.executor import run_blocking
 from index.dto import ImageRecord as StoredImage
@@ -41,20 +40,7 @@ async def _record(image: StoredImage, store: VectorStore) -> ImageRecord:
     collection = await run_blocking(store.collection_name, image.collection_id)
     if collection is None:  # deleted with its collection since the image was read
         raise ImageNotFoundError(image.id)
-    return ImageRecord(
-        id=image.id,
-        collection=collection,
-        sha256=image.sha256,
-        uri=image.uri,
-        width=image.width,
-        height=image.height,
-        format=image.format,
-        byte_size=image.byte_size,
-        metadata=image.meta,
-        file_url=file_url(image.id),
-        created_at=image.created_at,
-        updated_at=image.updated_at,
-    )
+    return ImageRecord.of(image, collection)
 
 
 @router.post(

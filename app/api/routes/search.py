@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.auth import ReadAccess
 from app.api.deps import SearchDep
-from app.api.schemas import ErrorResponse
+from app.api.schemas import ErrorResponse, UnprocessableResponse
 from app.api.store_schemas import SearchHit, SearchRequest, SearchResponse
 from app.api.urls import file_url
 from app.services.search import ScoredImage, SearchQuery, Timing
@@ -62,7 +62,12 @@ async def _run(search: SearchDep, query: SearchQuery, response: Response, starte
     "/search",
     response_model=SearchResponse,
     summary="Search a collection by text, image, stored image, vector, or a weighted mix of them",
-    responses={422: {"model": ErrorResponse, "description": "An empty, all-negative or mis-sized query"}},
+    responses={
+        422: {
+            "model": UnprocessableResponse,
+            "description": "An invalid body, or an empty, all-negative or mis-sized query",
+        }
+    },
 )
 async def search_post(body: SearchRequest, search: SearchDep, response: Response) -> SearchResponse:
     started = time.perf_counter()

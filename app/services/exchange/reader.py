@@ -12,8 +12,10 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.errors import InvalidInputError
@@ -24,6 +26,7 @@ from index.store import VectorStore
 
 BATCH_ROWS = 10_000
 _REQUIRED = [name for name in METADATA_SCHEMA.names if name != "image_path"]
+_NOT_NULL = ("uri", "sha256", "width", "height", "byte_size")
 
 
 @dataclass
@@ -57,9 +60,43 @@ def _check_shard(directory: Path, shard: Shard, manifest: ExportManifest) -> Non
             raise InvalidInputError(
                 f"{shard.embeddings} holds {vectors.shape}, the manifest says ({shard.rows}, {manifest.dim})"
             )
-        for start in range(0, shard.rows, BATCH_ROWS):
-            if not np.isfinite(vectors.read(start, BATCH_ROWS)).all():
-                raise InvalidInputError(f"{shard.embeddings} holds NaN or infinite values")
+    else:
+        column = parquet.schema_arrow.field("embedding").type
+        if not (
+            pa.types.is_fixed_size_list(column)
+            and column.list_size == manifest.dim
+            and pa.types.is_float32(column.value_type)
+        ):
+            raise InvalidInputError(f"{shard.metadata}: embedding is {column}, not {manifest.dim} float32 values a row")
+    for columns, block in _batches(directory, shard, manifest):
+        _check_batch(shard, columns, block)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number pe-search stores")
+
+
+def _check_batch(shard: Shard, columns: dict[str, list[Any]], block: np.ndarray) -> None:
+    for name in _NOT_NULL:
+        if any(v is None for v in columns[name]):
+            raise InvalidInputError(f"{shard.metadata}: the column {name} has empty (null) cells")
+    for row, text in enumerate(columns["metadata"]):
+        try:
+            meta = json.loads(text or "{}", parse_constant=_reject_constant)
+        except ValueError as exc:
+            raise InvalidInputError(f"{shard.metadata}: row {row} of a batch has unreadable metadata ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise InvalidInputError(
+                f"{shard.metadata}: metadata must be JSON objects, a row holds {type(meta).__name__}"
+            )
+    where = shard.embeddings or shard.metadata
+    if not np.isfinite(block).all():
+        raise InvalidInputError(f"{where} holds NaN or infinite values")
+    norms = np.linalg.norm(block, axis=1)
+    if len(norms) and float(np.abs(norms - 1).max()) > 1e-3:
+        raise InvalidInputError(
+            f"{where} holds vectors that are not unit length: not embeddings as pe-search stores them"
+        )
 
 
 class NpyRows:
@@ -107,19 +144,29 @@ def check_export(directory: Path) -> ExportManifest:
     return manifest
 
 
-def _rows(directory: Path, shard: Shard, manifest: ExportManifest) -> Iterator[list[NewImage]]:
+def _batches(
+    directory: Path, shard: Shard, manifest: ExportManifest
+) -> Iterator[tuple[dict[str, list[Any]], np.ndarray]]:
+    """(metadata columns, vectors) of a shard, BATCH_ROWS rows at a time, in step."""
     vectors = NpyRows(directory, shard) if manifest.format == "npy" else None
     at = 0
     for batch in pq.ParquetFile(directory / shard.metadata).iter_batches(batch_size=BATCH_ROWS):
-        columns = batch.to_pydict()
         n = batch.num_rows
         if vectors is not None:
             block = vectors.read(at, n)
         else:
-            block = np.asarray(batch.column("embedding").flatten(), dtype=np.float32).reshape(n, manifest.dim)
-            if not np.isfinite(block).all():
-                raise InvalidInputError(f"{shard.metadata} holds NaN or infinite embeddings")
+            embedding = batch.column("embedding")
+            if embedding.null_count:
+                raise InvalidInputError(f"{shard.metadata}: the embedding column has empty (null) rows")
+            block = np.asarray(embedding.flatten(), dtype=np.float32).reshape(n, manifest.dim)
+            batch = batch.drop_columns(["embedding"])
         at += n
+        yield batch.to_pydict(), block
+
+
+def _rows(directory: Path, shard: Shard, manifest: ExportManifest) -> Iterator[list[NewImage]]:
+    for columns, block in _batches(directory, shard, manifest):
+        n = len(block)
         yield [
             NewImage(
                 sha256=columns["sha256"][i],
