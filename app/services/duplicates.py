@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -89,15 +90,17 @@ def group_pairs(pairs: Iterable[tuple[int, int, float]]) -> list[tuple[list[int]
     return sorted(groups.members(), key=lambda g: (-len(g[0]), g[0][0]))
 
 
-def collect_pairs(pairs: Iterable[tuple[int, int, float]]) -> dict[tuple[int, int], float]:
+def collect_pairs(pairs: Iterator[tuple[int, int, float]]) -> dict[tuple[int, int], float]:
     out: dict[tuple[int, int], float] = {}
-    for a, b, score in pairs:
-        out[(a, b)] = score
-        if len(out) > MAX_PAIRS:
-            raise InvalidInputError(
-                f"More than {MAX_PAIRS:,} near-duplicate pairs at this threshold: it matches similar images, "
-                "not duplicates. Raise it."
-            )
+    # Closed here, in the thread that read it: a scan given up on must not leave its database session to the GC.
+    with closing(pairs) if isinstance(pairs, Generator) else nullcontext():
+        for a, b, score in pairs:
+            out[(a, b)] = score
+            if len(out) > MAX_PAIRS:
+                raise InvalidInputError(
+                    f"More than {MAX_PAIRS:,} near-duplicate pairs at this threshold: it matches similar images, "
+                    "not duplicates. Raise it."
+                )
     return out
 
 
