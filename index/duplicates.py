@@ -54,11 +54,8 @@ def near_duplicate_pairs(
             with live.lock:
                 found = _candidates(live, vectors, threshold, nprobe)
                 hidden = set(live.index.hidden)  # a copy: deletions may land once the lock is released
-            yield from _pairs(session, ids, vectors, found, threshold, hidden, exact=_approximate(live))
-
-
-def _approximate(live: LiveIndex) -> bool:
-    return live.index.spec.kind == "ivfpq"
+            exact = live.index.spec.kind == "ivfpq"  # PQ code scores are estimates: re-score from vectors
+            yield from _pairs(session, ids, vectors, found, threshold, hidden, exact=exact)
 
 
 def _candidates(live: LiveIndex, vectors: np.ndarray, threshold: float, nprobe: int | None) -> Candidates:

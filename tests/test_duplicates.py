@@ -126,7 +126,7 @@ def test_hnsw_at_full_width_does_not_take_the_process_down(store: VectorStore) -
     assert found == {(ids[i], ids[1500 + i]) for i in range(10)}
 
 
-def test_resolve_deletes_only_what_is_like_the_keeper(store: VectorStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_deletes_only_what_is_like_the_keeper(store: VectorStore) -> None:
     """A chain A~B~C is one group, but C is not like A: keeping A deletes B, never C."""
     info = store.create_collection("c", model=MODEL, dim=DIM)
     angles = [0.0, 0.12, 0.24]  # neighbours at cosine 0.993; the ends at 0.971

@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
 
 from app.errors import InvalidInputError
 from app.runtime.executor import run_blocking
 from index.dto import ImageRecord
 from index.store import VectorStore
 
-Resolve = Literal["keep-largest", "keep-oldest"]
 RESOLVE_RULES: tuple[str, ...] = ("keep-largest", "keep-oldest")
 # Below this a "duplicate" is merely a similar image, and the pairs grow towards N squared.
 MIN_THRESHOLD = 0.8

@@ -86,7 +86,7 @@ class Embedder:
         # Towers not loaded yet load on first use, on the model thread: a text search never loads the image tower.
         return await run_blocking(self.registry.get, version_id, towers=())
 
-    async def _load_images(self, encoder: PEEncoder, items: Sequence[PromptItem]) -> list[np.ndarray]:
+    async def load_pixels(self, encoder: PEEncoder, items: Sequence[PromptItem]) -> list[np.ndarray]:
         """Fetch, decode and PE-preprocess each image in a worker thread, off the model thread."""
 
         def load(item: PromptItem) -> np.ndarray:
@@ -97,11 +97,7 @@ class Embedder:
     async def embed_images(self, version_id: str | None, images: Sequence[ImageRef]) -> np.ndarray:
         self._check_count(len(images), "image")
         encoder = await self.encoder(version_id)
-        return await self.batcher.images(encoder, await self._load_images(encoder, images))
-
-    async def load_pixels(self, encoder: PEEncoder, images: Sequence[ImageRef]) -> list[np.ndarray]:
-        """Fetched, decoded and preprocessed for `encoder`, off the event loop; no model call yet."""
-        return await self._load_images(encoder, images)
+        return await self.batcher.images(encoder, await self.load_pixels(encoder, images))
 
     async def embed_pixels(self, encoder: PEEncoder, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Images already through `encoder.transform`, in a micro-batch like any request's."""
@@ -134,7 +130,7 @@ class Embedder:
                 raise InvalidInputError(f"{role}_type is 'text' but the {role} holds an image object")
             self._check_texts(texts)
             return await self._texts(encoder, texts)
-        return await self.batcher.images(encoder, await self._load_images(encoder, items))
+        return await self.batcher.images(encoder, await self.load_pixels(encoder, items))
 
     async def compare(
         self, version_id: str | None, subject: PromptItem, subject_type: str, prompt: Any, prompt_type: str

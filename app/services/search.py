@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from app.errors import CursorError, InvalidInputError
 from app.media.image_ref import ImageRef
@@ -18,7 +18,7 @@ from index.filters import SearchFilter
 from index.store import VectorStore
 
 Order = Literal["score", "created_at", "-created_at"]
-ORDERS: tuple[str, ...] = ("score", "created_at", "-created_at")
+ORDERS: tuple[str, ...] = get_args(Order)
 # How many of the best matches a date order sorts, unless the query says.
 DEFAULT_CANDIDATES = 200
 
