@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     # Read index checkpoints memory-mapped: start-up does not read the file, processes share its
     # pages; an index copies itself into memory on its first write.
     index_mmap: bool = True
+    # After each HNSW or IVF-PQ build, the cheapest nprobe / efSearch / re-rank that reaches this
+    # recall@10 on the collection's own vectors within the latency budget (per query, one thread).
+    autotune: bool = True
+    target_recall: float = Field(default=0.95, gt=0, le=1)
+    latency_budget_ms: float = Field(default=5.0, gt=0)
+    # IVF-PQ re-ranks from a memory-mapped copy of the vectors beside its checkpoint: float32
+    # (exact), float16 (half the disk, scores within about 1e-3), or off (read from the database).
+    rerank_vectors: Literal["float32", "float16", "off"] = "float32"
     max_top_k: int = Field(default=1000, ge=1)
     # Signs search cursors. Unset: a random secret per process, so cursors end with it; set one shared
     # secret (16+ characters) for cursors that outlive a restart or move between servers behind one URL.

@@ -35,7 +35,7 @@ from bench.machine import describe
 from bench.server import rss_bytes
 from index.ann import checkpoint as ckpt
 from index.ann.build import BuildPlan, build_index, plan_build
-from index.ann.vector_index import IndexSpec, VectorIndex, choose_spec
+from index.ann.vector_index import IndexSpec, VectorIndex, choose_spec, parse_index_params
 
 K = 10
 CHUNK = 50_000
@@ -281,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", type=Path, default=None, help="load the IVF-PQ index kept by an earlier --keep run (same --n)"
     )
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: ivfpq, hnsw, metadata")
+    parser.add_argument("--ivf-params", default="", help="IVF-PQ parameters over auto's, e.g. opq=true,coarse=hnsw")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: flat, ivfpq, hnsw, metadata")
+    parser.add_argument("--store", default="", help="also through the store on these databases: sqlite,postgres")
+    parser.add_argument("--store-index", default="auto", help="the store collection's index type")
+    parser.add_argument("--index-from", type=Path, default=None, help="a kept checkpoint dir to install in the store")
+    parser.add_argument("--http", action="store_true", help="with --store sqlite: also through a real server")
     parser.add_argument("--out", default="bench/results/query.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -303,6 +308,32 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(base)
     print(f"numpy: p50 {base['p50_ms']} ms", flush=True)
 
+    skip = set(args.skip.split(","))
+    if "flat" not in skip:
+        _flat(args, vectors, queries, truth, rows)
+
+    skip = set(args.skip.split(","))
+    ivf_hits = [] if "ivfpq" in skip else _ivfpq(args, vectors, queries, truth, rows, report)
+    if "hnsw" not in skip:
+        _hnsw(args, vectors, queries, truth, rows)
+    if "metadata" not in skip:
+        workdir = Path(tempfile.mkdtemp(prefix="pe-query-db-"))
+        try:
+            report["metadata"] = metadata_fetch(vectors, db_rows, ivf_hits, queries[:50], workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.store:
+        from bench.store_query import run as run_store
+
+        report["store"] = run_store(args, vectors, queries, truth)
+    report["rows"] = rows
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    _print(report, base["p50_ms"])
+    return 0
+
+
+def _flat(args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: list) -> None:
     flat_spec = IndexSpec("flat")
     flat, built = build_timed(flat_spec, vectors, plan_build(flat_spec, args.n, args.dim, args.memory_budget), 0)
     found, ms = timed_queries(queries[: args.baseline_queries], lambda q, flat=flat: flat.search(q, K)[1])
@@ -320,27 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     print(f"flat: {rows[-1]}", flush=True)
 
-    skip = set(args.skip.split(","))
-    ivf_hits = [] if "ivfpq" in skip else _ivfpq(args, vectors, queries, truth, rows, report)
-    if "hnsw" not in skip:
-        _hnsw(args, vectors, queries, truth, rows)
-    if "metadata" not in skip:
-        workdir = Path(tempfile.mkdtemp(prefix="pe-query-db-"))
-        try:
-            report["metadata"] = metadata_fetch(vectors, db_rows, ivf_hits, queries[:50], workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report["rows"] = rows
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    _print(report, base["p50_ms"])
-    return 0
-
 
 def _ivfpq(
     args: argparse.Namespace, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rows: list, report: dict
 ) -> list[np.ndarray]:
-    spec = choose_spec("ivfpq", args.n, args.dim, args.memory_budget)
+    extra = parse_index_params("ivfpq", dict(kv.split("=", 1) for kv in args.ivf_params.split(",") if kv))
+    spec = choose_spec("ivfpq", args.n, args.dim, args.memory_budget, extra)
     plan = plan_build(spec, args.n, args.dim, args.memory_budget)
     report["ivfpq"] = {"spec": spec.params, "plan": plan.__dict__}
     if args.reuse:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from index.dto import ImageRecord, NewImage
 from index.errors import CollectionNotFoundError, MissingVectorError
 from index.filters import SearchFilter, conditions
-from index.models import Collection, Failure, Image, Source, Tombstone, utcnow
+from index.models import Collection, Failure, Image, ImageVector, Source, Tombstone, utcnow
 
 # First key of the advisory locks that serialise a collection's writers (the second is its id).
 _WRITER_LOCK_SPACE = 0x7065  # "pe"
@@ -94,6 +94,10 @@ def add_batch(session: Session, *, collection_id: int, items: Sequence[NewImage]
             insert(Image).returning(Image.id, Image.sha256, sort_by_parameter_order=True), rows
         ).all()
         known.update({sha: image_id for image_id, sha in inserted})
+        session.execute(
+            insert(ImageVector),
+            [{"image_id": image_id, "vector": _vector_bytes(fresh[sha].vector)} for image_id, sha in inserted],
+        )
     created = {known[sha] for sha in fresh}
     _point_sources(session, collection_id=collection_id, items=items, image_ids=[known[i.sha256] for i in items])
     seen: set[int] = set()
@@ -116,10 +120,13 @@ def _image_row(collection_id: int, item: NewImage) -> dict[str, Any]:
         "format": item.format,
         "byte_size": item.byte_size,
         "meta": item.meta,
-        "vector": np.asarray(item.vector, dtype=np.float32).tobytes(),
         "created_at": item.created_at or now,
         "updated_at": now,
     }
+
+
+def _vector_bytes(vector: np.ndarray | None) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
 
 
 def _point_sources(

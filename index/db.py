@@ -61,13 +61,24 @@ def alembic_config(url: str) -> Config:
 def upgrade_database(engine: Engine) -> None:
     """Apply every migration; the only way tables are created."""
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
+    with engine.connect() as connection:
+        postgres = connection.dialect.name == "postgresql"
+        key = [cast(k, Integer) for k in _MIGRATION_LOCK]
+        if postgres:
             # Processes starting together on one database: the first migrates, the others wait
-            # here and then find nothing left to do (SQLite's write lock does the same).
-            connection.execute(select(func.pg_advisory_xact_lock(*(cast(k, Integer) for k in _MIGRATION_LOCK))))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+            # here and then find nothing left to do (SQLite's write lock does the same). A session
+            # lock, not a transaction's: a migration may commit in batches (0004 copies vectors so).
+            connection.execute(select(func.pg_advisory_lock(*key)))
+            connection.commit()
+        try:
+            # No transaction open here: Alembic runs each migration in its own (env.py).
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        finally:
+            if postgres:
+                connection.rollback()
+                connection.execute(select(func.pg_advisory_unlock(*key)))
+                connection.commit()
 
 
 def head_revision() -> str | None:

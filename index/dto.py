@@ -24,6 +24,8 @@ class CollectionInfo:
     created_at: str
     # Bumped by each rebuild or model switch: what a search cursor is valid for.
     generation: int = 0
+    # What auto-tuning chose after the last build (index/tuning.py): params, recall, p50_ms, met...
+    tuned: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

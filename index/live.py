@@ -21,9 +21,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from index import crud, vector_rows
 from index.ann import checkpoint as ckpt
 from index.ann.build import build_index, plan_build
+from index.ann.vector_file import Segment, tee
 from index.ann.vector_index import VectorIndex, choose_spec
 from index.errors import CollectionNotFoundError
 from index.models import Collection
+from index.rerank_vectors import RerankVectors, backfill, build_writer, open_rerank
+from index.tuning import HeldOut, TuningGoal, hold_out, tune_index
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +34,11 @@ log = logging.getLogger(__name__)
 class LiveIndex:
     """A collection's in-memory index and the database ids it reflects."""
 
-    def __init__(self, index: VectorIndex, checkpoint: ckpt.Checkpoint) -> None:
+    def __init__(self, index: VectorIndex, checkpoint: ckpt.Checkpoint, rerank: RerankVectors | None = None) -> None:
         self.index = index
         self.checkpoint = checkpoint
+        # Exact vectors for re-ranking a compressed index's candidates; None: read from the database.
+        self.rerank = rerank
         self.lock = threading.RLock()
         self.dirty = False
         self.saved_at = time.monotonic()  # of the last successful checkpoint; until one, of the opening
@@ -43,9 +48,19 @@ class LiveIndexes:
     """The loaded collections' indexes by collection id: load, rebuild, catch up, checkpoint."""
 
     def __init__(
-        self, *, sessions: sessionmaker[Session], index_dir: Path, memory_budget: int, mmap: bool, read_only: bool
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        index_dir: Path,
+        memory_budget: int,
+        mmap: bool,
+        read_only: bool,
+        rerank_dtype: str | None = "float32",
+        tuning: TuningGoal | None = None,
     ) -> None:
         self.sessions = sessions
+        self.rerank_dtype = rerank_dtype
+        self.tuning = tuning
         self.index_dir = index_dir
         self.memory_budget = memory_budget
         self.mmap = mmap
@@ -83,7 +98,12 @@ class LiveIndexes:
             collection.generation,
         )
         if loaded is not None and usable:
-            live = LiveIndex(*loaded)
+            index, mark = loaded
+            segments = [Segment.of(s) for s in mark.segments]
+            rerank = open_rerank(self.directory(collection.id), index.spec.kind, index.dim, self.rerank_dtype, segments)
+            live = LiveIndex(index, mark, rerank=rerank)
+            if rerank is not None and rerank.file is None and not self.read_only and index.count:
+                self._backfill(collection, live, rerank)
         else:
             if (self.directory(collection.id) / ckpt.POINTER).exists():
                 log.warning("Rebuilding the index of %r from the database", collection.name)
@@ -98,26 +118,79 @@ class LiveIndexes:
             spec = choose_spec(collection.index_type, n, collection.dim, self.memory_budget, collection.index_params)
             # Trained on a sample sized by the memory budget, filled chunk by chunk: never all vectors at once.
             plan = plan_build(spec, n, collection.dim, self.memory_budget)
-            index = build_index(
-                spec,
-                collection.dim,
-                plan=plan,
-                sample=lambda rows: vector_rows.training_sample(session, collection_id=collection.id, rows=rows),
-                # Bounded by the watermark read above: rows committed meanwhile are left to the next catch-up.
-                chunks=vector_rows.iter_vectors(
-                    session, collection_id=collection.id, up_to=image_max, batch=plan.chunk_rows
-                ),
+            # Bounded by the watermark read above: rows committed meanwhile are left to the next catch-up.
+            chunks = vector_rows.iter_vectors(
+                session, collection_id=collection.id, up_to=image_max, batch=plan.chunk_rows
             )
+            directory = self.directory(collection.id)
+            dtype = None if self.read_only else self.rerank_dtype
+            writer = build_writer(directory, spec.kind, dtype, collection.generation, image_max)
+            held = (
+                hold_out(session, collection_id=collection.id, n=n, kind=spec.kind, goal=self.tuning)
+                if self.tuning is not None
+                else None
+            )
+            source = tee(chunks, writer) if writer else chunks  # the segment holds every row
+            try:
+                index = build_index(
+                    spec,
+                    collection.dim,
+                    plan=plan,
+                    sample=lambda rows: vector_rows.training_sample(session, collection_id=collection.id, rows=rows),
+                    chunks=held.split(source) if held else source,
+                )
+                segments = [writer.finish()] if writer else []
+            except BaseException:
+                if writer:
+                    writer.abort()
+                raise
         checkpoint = ckpt.Checkpoint(
             id_watermark=image_max,
             tombstone_watermark=tomb_max,
             model=collection.model,
             generation=collection.generation,
+            segments=[s.as_json() for s in segments],
         )
-        live = LiveIndex(index, checkpoint)
+        rerank = open_rerank(self.directory(collection.id), spec.kind, collection.dim, self.rerank_dtype, segments)
+        live = LiveIndex(index, checkpoint, rerank=rerank)
         live.dirty = True
         log.info("Built a %s index of %d vectors for %r", spec.kind, index.count, collection.name)
+        if held is not None:
+            self._tune(collection, live, held)
         return live
+
+    def _backfill(self, collection: Collection, live: LiveIndex, rerank: RerankVectors) -> None:
+        started = time.monotonic()
+        with self.sessions() as session:
+            segment = backfill(
+                rerank,
+                session,
+                collection_id=collection.id,
+                generation=collection.generation,
+                up_to=live.checkpoint.id_watermark,
+            )
+        live.checkpoint.segments = [segment.as_json()]
+        live.dirty = True
+        log.info(
+            "Wrote the re-rank vectors of %r (%d rows) in %.1f s",
+            collection.name,
+            segment.rows,
+            time.monotonic() - started,
+        )
+
+    def _tune(self, collection: Collection, live: LiveIndex, held: HeldOut) -> None:
+        assert self.tuning is not None
+        try:
+            result = tune_index(self.sessions, live, held, self.tuning)
+        finally:
+            live.index.add(held.ids, held.vectors)  # the held-out rows join the index whatever happened
+        live.checkpoint.tuned = result
+        if self.read_only:
+            return
+        with self.sessions() as session, session.begin():
+            row = session.get(Collection, collection.id)
+            if row is not None and row.generation == collection.generation:
+                row.tuned_params = result
 
     def loaded(self, collection_id: int) -> LiveIndex:
         """The collection's index, loading it first if this process has not yet."""
@@ -153,6 +226,8 @@ class LiveIndexes:
                 session, collection_id=collection_id, after_id=mark.id_watermark, up_to=image_max
             ):
                 live.index.add(ids, vectors)
+                if live.rerank is not None:
+                    live.rerank.add(ids, vectors)
             mark.id_watermark = image_max
             live.dirty = True
         if tomb_max > mark.tombstone_watermark:
@@ -183,7 +258,13 @@ class LiveIndexes:
 
     def _save(self, collection_id: int, live: LiveIndex) -> bool:
         try:
-            live.checkpoint = ckpt.save(self.directory(collection_id), live.index, replace(live.checkpoint))
+            pending = replace(live.checkpoint)
+            segments = live.rerank.flush(pending.generation) if live.rerank is not None else []
+            pending.segments = [s.as_json() for s in segments]
+            previous_file = pending.file
+            live.checkpoint = ckpt.save(self.directory(collection_id), live.index, pending)
+            if live.rerank is not None and live.checkpoint.file != previous_file:  # not refused
+                live.rerank.adopt(segments)
         except OSError as exc:
             log.error(
                 "Could not checkpoint the index of collection %d in %s (%s); the previous checkpoint "

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from index import crud, vector_rows
+from index import crud
+from index.ann.vector_index import RERANKED_KINDS
 from index.dto import Hit
+from index.exact import cosine, exact_top
 from index.filters import SearchFilter
 from index.live import LiveIndex
 
 # Below this many filter matches, an approximate index's filtered search is replaced by exact
 # scoring of the matches' stored vectors (40 MB of reads at 1024-d); a flat index is exact anyway.
 EXACT_FILTER_LIMIT = 10_000
-_IN_CHUNK = 10_000
 
 
-def _cosine(score: float) -> float:
-    # float32 rounding can put an image's score against itself a hair above 1.
-    return min(1.0, max(-1.0, float(score)))
+def search_knobs(live: LiveIndex, knobs: dict[str, int]) -> dict[str, int]:
+    """The index's settings for one query: the query's own knobs, else the tuned ones, else the spec's."""
+    tuned: dict[str, Any] = live.checkpoint.tuned.get("params", {}) if live.checkpoint.tuned else {}
+    merged = {**{k: int(v) for k, v in tuned.items()}, **{k: int(v) for k, v in knobs.items() if v}}
+    if live.index.spec.kind in RERANKED_KINDS:
+        merged.setdefault("rerank", int(live.index.spec.params.get("rerank", 1)))
+    return merged
 
 
 class QueryPlanner:
@@ -41,34 +48,22 @@ class QueryPlanner:
             with self.sessions() as session:
                 allowed = crud.filtered_ids(session, collection_id=collection_id, search_filter=search_filter)
             if live.index.spec.kind != "flat" and len(allowed) <= EXACT_FILTER_LIMIT:
-                return _above(self.exact(allowed, query, k), min_score)
-        rerank = live.index.spec.kind == "ivfpq"
-        fetch_k = k * int(live.index.spec.params.get("rerank", 1)) if rerank else k
+                return _above(self.exact(allowed, query, k, live), min_score)
+        settings = search_knobs(live, knobs)
+        rerank = settings.pop("rerank", 1)
         with live.lock:
-            scores, ids = live.index.search(query, fetch_k, allowed, **knobs)
-        if rerank and len(ids):
-            hits = self.exact(ids, query, k)
+            scores, ids = live.index.search(query, k * rerank, allowed, **settings)
+        if live.index.spec.kind in RERANKED_KINDS and len(ids):
+            hits = self.exact(ids, query, k, live)
         else:
-            hits = [Hit(int(i), _cosine(s)) for s, i in zip(scores, ids, strict=True)]
+            hits = [Hit(int(i), cosine(s)) for s, i in zip(scores[:k], ids[:k], strict=True)]
         if allowed is not None and len(hits) < min(k, len(allowed)):
-            hits = self.exact(allowed, query, k)  # the approximate index under-filled a filtered query
+            hits = self.exact(allowed, query, k, live)  # the approximate index under-filled a filtered query
         return _above(hits, min_score)
 
-    def exact(self, candidate_ids: np.ndarray, query: np.ndarray, k: int) -> list[Hit]:
+    def exact(self, candidate_ids: np.ndarray, query: np.ndarray, k: int, live: LiveIndex | None = None) -> list[Hit]:
         """The top k of the candidates by the exact cosine of their stored vectors."""
-        ids_all, scores_all = [], []
-        with self.sessions() as session:
-            for start in range(0, len(candidate_ids), _IN_CHUNK):
-                chunk = [int(i) for i in candidate_ids[start : start + _IN_CHUNK]]
-                ids, vectors = vector_rows.vectors_for(session, image_ids=chunk)
-                if len(ids):
-                    ids_all.append(ids)
-                    scores_all.append(vectors @ query)
-        if not ids_all:
-            return []
-        ids, scores = np.concatenate(ids_all), np.concatenate(scores_all)
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [Hit(int(ids[i]), _cosine(scores[i])) for i in top]
+        return exact_top(self.sessions, candidate_ids, query, k, live.rerank if live is not None else None)
 
 
 def _above(hits: list[Hit], min_score: float | None) -> list[Hit]:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from index import crud
 from index.errors import IncompleteStagingError
-from index.models import Image, StagedVector, utcnow
+from index.models import Image, ImageVector, StagedVector, utcnow
 
 
 class Staging:
@@ -61,9 +61,14 @@ def unstaged_count(session: Session, *, collection_id: int) -> int:
 
 
 def apply_staged(session: Session, *, collection_id: int) -> None:
-    staged = select(StagedVector.vector).where(StagedVector.image_id == Image.id).scalar_subquery()
+    staged = select(StagedVector.vector).where(StagedVector.image_id == ImageVector.image_id).scalar_subquery()
+    members = select(Image.id).where(Image.collection_id == collection_id)
     session.execute(
-        update(Image).where(Image.collection_id == collection_id).values(vector=staged, updated_at=utcnow()),
+        update(ImageVector).where(ImageVector.image_id.in_(members)).values(vector=staged),
+        execution_options={"synchronize_session": False},
+    )
+    session.execute(
+        update(Image).where(Image.collection_id == collection_id).values(updated_at=utcnow()),
         execution_options={"synchronize_session": False},
     )
     discard_staged(session, collection_id=collection_id)

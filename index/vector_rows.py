@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from index.errors import ImageNotFoundError
-from index.models import Image
+from index.models import Image, ImageVector
 
 
 def _as_matrix(blobs: Sequence[bytes]) -> np.ndarray:
@@ -28,7 +28,8 @@ def iter_vectors(
     bound = [Image.id <= up_to] if up_to is not None else []
     while True:
         rows = session.execute(
-            select(Image.id, Image.vector)
+            select(Image.id, ImageVector.vector)
+            .join(ImageVector, ImageVector.image_id == Image.id)
             .where(Image.collection_id == collection_id, Image.id > last, *bound)
             .order_by(Image.id)
             .limit(batch)
@@ -42,7 +43,9 @@ def iter_vectors(
 
 
 def vectors_for(session: Session, *, image_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    rows = session.execute(select(Image.id, Image.vector).where(Image.id.in_(list(image_ids)))).all()
+    rows = session.execute(
+        select(ImageVector.image_id, ImageVector.vector).where(ImageVector.image_id.in_(list(image_ids)))
+    ).all()
     if not rows:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -51,33 +54,50 @@ def vectors_for(session: Session, *, image_ids: Sequence[int]) -> tuple[np.ndarr
 
 def vector_of(session: Session, *, image_id: int) -> tuple[int, np.ndarray]:
     """(collection id, vector) of one stored image."""
-    row = session.execute(select(Image.collection_id, Image.vector).where(Image.id == image_id)).one_or_none()
+    row = session.execute(
+        select(Image.collection_id, ImageVector.vector)
+        .join(ImageVector, ImageVector.image_id == Image.id)
+        .where(Image.id == image_id)
+    ).one_or_none()
     if row is None:
         raise ImageNotFoundError(image_id)
     return row[0], np.frombuffer(row[1], dtype=np.float32)
 
 
 def training_sample(session: Session, *, collection_id: int, rows: int, batch: int = 10_000) -> np.ndarray:
-    """`rows` random vectors of a collection, read by id so the ordering never carries the vectors.
+    """`rows` random vectors of a collection (fewer if rows are deleted meanwhile)."""
+    return random_rows(session, collection_id=collection_id, rows=rows, batch=batch)[1]
+
+
+def random_rows(
+    session: Session, *, collection_id: int, rows: int, batch: int = 10_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of `rows` random images, read by id so the ordering never carries the vectors.
 
     Ordering by random() over (id) alone keeps the sort small; the vectors are then fetched in batches.
     """
-    ids = list(
+    ids = sorted(
         session.scalars(
             select(Image.id).where(Image.collection_id == collection_id).order_by(func.random()).limit(rows)
         )
     )
-    ids.sort()
     out: np.ndarray | None = None
+    got: list[np.ndarray] = []
     filled = 0
     for start in range(0, len(ids), batch):
-        blobs = session.scalars(select(Image.vector).where(Image.id.in_(ids[start : start + batch]))).all()
-        if not blobs:
+        chunk = ids[start : start + batch]
+        found = session.execute(
+            select(ImageVector.image_id, ImageVector.vector).where(ImageVector.image_id.in_(chunk))
+        ).all()
+        if not found:
             continue
-        part = _as_matrix(blobs)
+        part = _as_matrix([r[1] for r in found])
         if out is None:  # filled in place: the sample is never held twice
             out = np.empty((len(ids), part.shape[1]), np.float32)
         out[filled : filled + len(part)] = part
+        got.append(np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found)))
         filled += len(part)
-    # Rows deleted between reading the ids and their vectors come back short: train on what was read.
-    return out[:filled] if out is not None else np.zeros((0, 0), np.float32)
+    if out is None:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    # Rows deleted between reading the ids and their vectors come back short: use what was read.
+    return np.concatenate(got), out[:filled]

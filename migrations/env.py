@@ -27,6 +27,9 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        # Each migration commits on its own, so one that copies data in committed batches (0004)
+        # can resume after an interruption without the earlier ones being re-run.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -76,7 +76,7 @@ def test_index_commands_end_to_end(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PE_SEARCH_MODEL", "PE-Core-T16-384")
     paths = make_folder(tmp_path / "photos", count=4)
     code, out, _ = run(capsys, "db", "upgrade")
-    assert code == 0 and "revision 0003" in out
+    assert code == 0 and "revision 0004" in out
 
     code, out, _ = run(capsys, "ingest", str(tmp_path / "photos"), "--collection", "pics", "--json", "--quiet")
     summary = json.loads(out)
@@ -98,6 +98,14 @@ def test_index_commands_end_to_end(capsys, tmp_path: Path, monkeypatch) -> None:
 
     code, out, _ = run(capsys, "reindex", "--collection", "pics", "--index-type", "hnsw")
     assert code == 0 and "hnsw" in out
+    code, out, _ = run(capsys, "reindex", "--collection", "pics", "--param", "ef_search=64", "--param", "M=16")
+    assert code == 0
+    code, out, _ = run(capsys, "collections", "--json")
+    assert {k: json.loads(out)[0]["index_params"][k] for k in ("ef_search", "M")} == {"ef_search": 64, "M": 16}
+    code, _, err = run(capsys, "reindex", "--collection", "pics", "--param", "nprobe=8")
+    assert code == 2 and "unknown index parameter 'nprobe'; hnsw takes M, ef_construction, ef_search" in err
+    code, _, err = run(capsys, "reindex", "--collection", "pics", "--index-type", "ivfpq", "--param", "opq=maybe")
+    assert code == 2 and "opq is true or false" in err
     code, out, _ = run(capsys, "delete", str(hits[0]["id"]), "999999")
     assert code == 1 and "1 deleted, 1 not found" in out
     code, out, _ = run(capsys, "stats")

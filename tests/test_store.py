@@ -48,7 +48,7 @@ def test_migrations_create_exactly_the_models_schema(db_url: str) -> None:
     engine = create_db_engine(db_url)
     assert inspect(engine).get_table_names() == []
     upgrade_database(engine)
-    assert current_revision(engine) == head_revision() == "0003"
+    assert current_revision(engine) == head_revision() == "0004"
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     upgrade_database(engine)  # idempotent
@@ -161,14 +161,23 @@ def test_another_process_writes_are_picked_up_before_search(tmp_path: Path, db_u
     assert ids[3] not in {h.id for h in reader.search(collection.id, vectors[3], 5)}
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
-def test_approximate_indexes_recall_at_10(tmp_path: Path, db_url: str, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("hnsw", None),
+        ("ivfpq", None),
+        ("ivfpq", {"opq": True}),  # rotated before PQ, searched through the pre-transform
+        ("ivfpq", {"coarse": "hnsw", "nlist": 128}),  # lists found by a graph over the centroids
+    ],
+)
+def test_approximate_indexes_recall_at_10(tmp_path: Path, db_url: str, kind: str, params: dict | None) -> None:
     store = open_store(tmp_path, db_url)
     collection = store.create_collection("c", model=MODEL, dim=DIM)
     vectors = clustered(6000, seed=3)
     ids = add(store, collection.id, vectors)
-    info = store.reindex("c", index_type=kind)
+    info = store.reindex("c", index_type=kind, index_params=params)
     assert info.live_index == kind
+    assert {k: info.index_params[k] for k in params or {}} == (params or {})
     queries = clustered(50, seed=4)
     recall = np.mean(
         [

@@ -1,4 +1,9 @@
-"""Dependencies: the objects `create_app` and the lifespan put on `app.state`, as typed aliases for routes."""
+"""Dependencies: the objects `create_app` and the lifespan put on `app.state`, as typed aliases for routes.
+
+They are `async def` although they only read attributes: FastAPI runs a plain `def` dependency in
+its thread pool, and a search's handful of them cost a thread hop each (milliseconds on 2 busy
+cores, docs/BENCHMARKS.md).
+"""
 
 from __future__ import annotations
 
@@ -21,15 +26,15 @@ from app.settings import Settings
 from index.store import VectorStore
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_keys(request: Request) -> KeyRing:
+async def get_keys(request: Request) -> KeyRing:
     return request.app.state.keys
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -37,39 +42,39 @@ def _services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_embedder(request: Request) -> Embedder:
+async def get_embedder(request: Request) -> Embedder:
     return _services(request).embedder
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return _services(request).registry
 
 
-def get_store(request: Request) -> VectorStore:
+async def get_store(request: Request) -> VectorStore:
     return _services(request).store
 
 
-def get_search(request: Request) -> SearchService:
+async def get_search(request: Request) -> SearchService:
     return _services(request).search
 
 
-def get_duplicates(request: Request) -> DuplicateService:
+async def get_duplicates(request: Request) -> DuplicateService:
     return _services(request).duplicates
 
 
-def get_images(request: Request) -> ImageService:
+async def get_images(request: Request) -> ImageService:
     return _services(request).images
 
 
-def get_jobs(request: Request) -> JobManager:
+async def get_jobs(request: Request) -> JobManager:
     return _services(request).jobs
 
 
-def get_thumbnails(request: Request) -> Thumbnails:
+async def get_thumbnails(request: Request) -> Thumbnails:
     return _services(request).thumbnails
 
 
-def get_ingest(request: Request) -> IngestService:
+async def get_ingest(request: Request) -> IngestService:
     return _services(request).ingest
 
 

@@ -135,6 +135,9 @@ class SearchRequest(BaseModel):
     )
     ef_search: int | None = Field(default=None, ge=1, le=4096, description="HNSW search depth")
     nprobe: int | None = Field(default=None, ge=1, le=65536, description="IVF lists probed")
+    rerank: int | None = Field(
+        default=None, ge=1, le=100, description="IVF-PQ: top_k x rerank candidates re-scored exactly"
+    )
 
     def query_parts(self) -> tuple[QueryPart, ...]:
         return (
@@ -238,6 +241,10 @@ class CollectionOut(BaseModel):
     index_type: str
     live_index: str
     index_params: dict[str, Any]
+    tuned: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Search settings auto-tuning chose after the last build, with the recall and p50 it measured",
+    )
     created_at: str
 
 

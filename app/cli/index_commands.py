@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.cli.args import positive_float, positive_int, print_json, unit_interval
 from app.cli.search_command import add_search_command
@@ -115,7 +115,18 @@ def cmd_collections(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'name':<24}{'model':<18}{'dim':>5}{'images':>10}  index")
     for info in infos:
         print(f"{info.name:<24}{info.model:<18}{info.dim:>5}{info.count:>10}  {info.live_index} ({info.index_type})")
+        if info.tuned:
+            print(f"{'':<24}tuned: {_tuned_line(info.tuned)}")
     return 0
+
+
+def _tuned_line(tuned: dict[str, Any]) -> str:
+    params = ", ".join(f"{k} {v}" for k, v in tuned.get("params", {}).items())
+    verdict = "met" if tuned.get("met") else "missed"
+    return (
+        f"{params}: recall@{tuned.get('k', 10)} {tuned.get('recall')} at p50 {tuned.get('p50_ms')} ms "
+        f"(target {tuned.get('target_recall')} within {tuned.get('latency_budget_ms')} ms: {verdict})"
+    )
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
@@ -160,10 +171,29 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
             for image_id, reason in result.failed[:20]:
                 print(f"  image {image_id}: {reason}", file=sys.stderr)
             return 1
-    info = store.reindex(args.collection, index_type=args.index_type)
+    params = None
+    if args.param:
+        from index.ann.vector_index import parse_index_params
+
+        kind = args.index_type or current.index_type
+        try:
+            params = parse_index_params(kind, dict(_key_value(p) for p in args.param))
+        except ValueError as exc:
+            print(f"pe-search: {exc}", file=sys.stderr)
+            return 2
+    info = store.reindex(args.collection, index_type=args.index_type, index_params=params)
     store.close()
     print(f"{info.name}: {info.count} vectors of {info.model} in a {info.live_index} index ({info.index_type})")
+    if info.tuned:
+        print(f"  tuned: {_tuned_line(info.tuned)}")
     return 0
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--param takes KEY=VALUE, not {text!r}")
+    return key.strip(), value.strip()
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -248,6 +278,13 @@ def add_commands(sub: argparse._SubParsersAction, model_opts: argparse.ArgumentP
     )
     reindex.add_argument("--collection", default="default")
     reindex.add_argument("--index-type", choices=["auto", "flat", "hnsw", "ivfpq"])
+    reindex.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an index parameter (repeatable; replaces the collection's own): hnsw M, ef_construction, ef_search; "
+        "ivfpq nlist, m, nbits, nprobe, rerank, coarse=flat|hnsw, opq=true|false",
+    )
     reindex.set_defaults(func=cmd_reindex)
 
     db = sub.add_parser("db", help="database maintenance")

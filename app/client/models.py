@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +72,7 @@ class Collection:
     live_index: str
     index_params: dict[str, Any]
     created_at: datetime
+    tuned: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def parse_collection(raw: dict[str, Any]) -> Collection:
         live_index=raw["live_index"],
         index_params=raw.get("index_params") or {},
         created_at=datetime.fromisoformat(raw["created_at"]),
+        tuned=raw.get("tuned") or {},
     )
 
 

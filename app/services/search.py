@@ -107,7 +107,7 @@ class SearchService:
     async def _start(self, query: SearchQuery) -> tuple[CollectionInfo, PageState]:
         if query.order not in ORDERS:
             raise InvalidInputError(f"order must be one of {', '.join(ORDERS)} (got {query.order!r}).")
-        info = await run_blocking(self.store.collection, query.collection or "default")
+        info = await run_blocking(self.store.collection, query.collection or "default", exact_count=False)
         if query.model is not None:
             get_variant(query.model)  # an unknown id is a 400, not a mismatch
             self.store.check_model(info, query.model)
@@ -135,7 +135,7 @@ class SearchService:
         name = await run_blocking(self.store.collection_name, state.collection_id)
         if name is None or (query.collection is not None and query.collection != name):
             raise CursorError("The cursor belongs to another (or a deleted) collection: search again.")
-        info = await run_blocking(self.store.collection, name)
+        info = await run_blocking(self.store.collection, name, exact_count=False)
         if info.generation != state.generation:
             raise CursorError("The collection's index was rebuilt since this cursor was made: search again.")
         return info, state

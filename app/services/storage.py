@@ -9,6 +9,7 @@ from app.settings import Settings
 from index.db import create_db_engine
 from index.errors import DataDirError
 from index.store import VectorStore
+from index.tuning import TuningGoal
 
 
 def check_data_dir(path: Path) -> None:
@@ -32,4 +33,6 @@ def open_store(settings: Settings) -> VectorStore:
         memory_budget=settings.index_memory_budget,
         index_mmap=settings.index_mmap,
         read_only=settings.read_only,
+        rerank_dtype=None if settings.rerank_vectors == "off" else settings.rerank_vectors,
+        tuning=TuningGoal(settings.target_recall, settings.latency_budget_ms) if settings.autotune else None,
     ).open()

@@ -18,6 +18,7 @@ from typing import Any
 
 import faiss
 
+from index.ann.vector_file import Segment, remove_replaced
 from index.ann.vector_index import IndexSpec, VectorIndex
 from index.files import atomic_write
 
@@ -40,6 +41,10 @@ class Checkpoint:
     size: int = 0
     model: str = ""
     generation: int = 0
+    # Re-rank vector segments beside the index file (index/ann/vector_file.py), as Segment.as_json().
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    # Search parameters auto-tuning chose for this build, with what it measured (index/ann/tuning.py).
+    tuned: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -61,8 +66,10 @@ def save(directory: Path, index: VectorIndex, checkpoint: Checkpoint) -> Checkpo
 
 def _save_locked(directory: Path, index: VectorIndex, checkpoint: Checkpoint) -> Checkpoint:
     previous = read_pointer(directory)
+    old_segments = [Segment.of(s) for s in previous.segments] if previous else []
     if previous is not None and previous.generation > checkpoint.generation:
         log.info("Not checkpointing %s: another process rebuilt it (generation %d)", directory, previous.generation)
+        remove_replaced(directory, [Segment.of(s) for s in checkpoint.segments], old_segments)
         return checkpoint
     number = int(previous.file.split("-")[1].split(".")[0]) + 1 if previous and previous.file else 1
     name = f"index-{number}.faiss"
@@ -76,6 +83,7 @@ def _save_locked(directory: Path, index: VectorIndex, checkpoint: Checkpoint) ->
     for old in directory.glob("index-*.faiss"):
         if old.name != name:
             old.unlink(missing_ok=True)
+    remove_replaced(directory, old_segments, [Segment.of(s) for s in checkpoint.segments])
     return checkpoint
 
 

@@ -13,6 +13,8 @@ import faiss
 import numpy as np
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+# Kinds whose codes are approximate: their candidates are re-scored from exact vectors.
+RERANKED_KINDS = ("ivfpq",)
 # Exact search is the default while it stays fast (about 10 ms a query at 100k x 1024-d on 2 cores).
 FLAT_MAX_VECTORS = 100_000
 HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
@@ -21,6 +23,31 @@ HNSW_DEFAULTS = {"M": 32, "ef_construction": 80, "ef_search": 128}
 IVFPQ_DEFAULTS = {"nprobe": 32, "nbits": 8, "rerank": 10}
 # k-means wants about this many training points per centroid.
 IVF_POINTS_PER_LIST = 39
+
+
+# IVF-PQ options: "coarse": "hnsw" finds the nprobe nearest lists by a graph instead of scanning every
+# centroid (what makes a large nlist affordable); "opq": true rotates vectors before PQ so each
+# sub-quantizer gets a balanced share of the variance (better codes, the same bytes).
+COARSE_HNSW_M = 32
+COARSE_EF_MIN = 64
+# FAISS trains OPQ for 50 rounds by default; on 1024-d vectors each round costs seconds on 2 cores
+# and the rotation's gain flattens after about 20.
+OPQ_ITERATIONS = 20
+
+
+def _ivfpq(params: dict[str, Any], dim: int) -> faiss.Index:
+    nlist, m, nbits = params["nlist"], params["m"], params["nbits"]
+    if params.get("coarse", "flat") == "hnsw":
+        coarse: faiss.Index = faiss.IndexHNSWFlat(dim, COARSE_HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    else:
+        coarse = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFPQ(coarse, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    if not params.get("opq"):
+        return ivf
+    rotation = faiss.OPQMatrix(dim, m)
+    rotation.niter = OPQ_ITERATIONS
+    # Search parameters for the IVF pass straight through the rotation (checked in the tests).
+    return faiss.IndexPreTransform(rotation, ivf)
 
 
 @dataclass(frozen=True)
@@ -42,6 +69,56 @@ def ivfpq_params(n: int, dim: int) -> dict[str, Any]:
     # 2**nbits centroids per sub-quantizer also want enough training points.
     nbits = max(4, min(IVFPQ_DEFAULTS["nbits"], int(math.log2(max(n, 16) / IVF_POINTS_PER_LIST))))
     return {**IVFPQ_DEFAULTS, "nlist": nlist, "m": m, "nbits": nbits}
+
+
+# Parameters a user may set per collection (`pe-search reindex --param KEY=VALUE`), by kind.
+_INT_PARAMS = {
+    "hnsw": ("M", "ef_construction", "ef_search"),
+    "ivfpq": ("nlist", "m", "nbits", "nprobe", "rerank"),
+}
+_CHOICE_PARAMS: dict[str, dict[str, tuple[str, ...]]] = {"ivfpq": {"coarse": ("flat", "hnsw")}}
+_BOOL_PARAMS = {"ivfpq": ("opq",)}
+
+
+def _known_params(kind: str) -> list[str]:
+    return [*_INT_PARAMS.get(kind, ()), *_CHOICE_PARAMS.get(kind, {}), *_BOOL_PARAMS.get(kind, ())]
+
+
+def _known(kind: str, key: str) -> bool:
+    return key in _known_params(kind)
+
+
+def parse_index_params(kind: str, raw: dict[str, str]) -> dict[str, Any]:
+    """Typed index parameters from KEY=VALUE strings; ValueError naming the key for anything else.
+
+    For `auto` the parameters of every kind are accepted: each applies if its kind is chosen.
+    """
+    if kind == "auto":
+        out_all: dict[str, Any] = {}
+        for key, value in raw.items():
+            owner = next((k for k in ("hnsw", "ivfpq") if _known(k, key)), "ivfpq")
+            out_all.update(parse_index_params(owner, {key: value}))
+        return out_all
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _INT_PARAMS.get(kind, ()):
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"index parameter {key} must be a positive integer, not {value!r}")
+            out[key] = int(value)
+        elif key in _CHOICE_PARAMS.get(kind, {}):
+            choices = _CHOICE_PARAMS[kind][key]
+            if value not in choices:
+                raise ValueError(f"index parameter {key} is one of {', '.join(choices)}, not {value!r}")
+            out[key] = value
+        elif key in _BOOL_PARAMS.get(kind, ()):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"index parameter {key} is true or false, not {value!r}")
+            out[key] = value.lower() in ("true", "1")
+        else:
+            known = _known_params(kind)
+            hint = f"; {kind} takes {', '.join(known)}" if known else f"; a {kind} index takes none"
+            raise ValueError(f"unknown index parameter {key!r}{hint}")
+    return out
 
 
 def choose_spec(
@@ -115,12 +192,9 @@ class VectorIndex:
             hnsw.hnsw.efConstruction = spec.params["ef_construction"]
             index = faiss.IndexIDMap2(hnsw)
         else:
-            quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFPQ(
-                quantizer, dim, spec.params["nlist"], spec.params["m"], spec.params["nbits"], faiss.METRIC_INNER_PRODUCT
-            )
             if train is None or len(train) == 0:
                 raise ValueError("an IVF-PQ index needs training vectors")
+            index = _ivfpq(spec.params, dim)
             index.train(np.ascontiguousarray(train, dtype=np.float32))
         return cls(spec, dim, index)
 
@@ -151,7 +225,7 @@ class VectorIndex:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         # FAISS selectors hold raw pointers: `parts` keeps their id arrays alive during the call.
         selector, parts = self._selector(allowed)
-        params = self._params(selector, knobs)
+        params = self._params(selector, knobs, parts)
         k = min(k, int(self.index.ntotal))
         # One query gains nothing from OpenMP threads (FAISS splits work by query), but an HNSW search
         # pays for waking them: x5 slower with 2 threads on 2 busy cores (docs/BENCHMARKS.md). The
@@ -184,13 +258,21 @@ class VectorIndex:
             parts.append(selector)
         return selector, parts
 
-    def _params(self, selector: faiss.IDSelector | None, knobs: dict[str, int]) -> faiss.SearchParameters | None:
+    def _params(
+        self, selector: faiss.IDSelector | None, knobs: dict[str, int], parts: list[object]
+    ) -> faiss.SearchParameters | None:
         if self.spec.kind == "hnsw":
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = int(knobs.get("ef_search") or self.spec.params["ef_search"])
         elif self.spec.kind == "ivfpq":
             params = faiss.SearchParametersIVF()
             params.nprobe = int(knobs.get("nprobe") or self.spec.params["nprobe"])
+            if self.spec.params.get("coarse") == "hnsw":
+                # The coarse graph must look at least as deep as the lists it returns.
+                coarse = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+                coarse.efSearch = max(COARSE_EF_MIN, 2 * params.nprobe)
+                params.quantizer_params = coarse
+                parts.append(coarse)  # the struct holds a raw pointer to it
         elif selector is None:
             return None
         else:

@@ -72,7 +72,7 @@ async def _run(search: SearchDep, query: SearchQuery, response: Response, starte
 async def search_post(body: SearchRequest, search: SearchDep, response: Response) -> SearchResponse:
     started = time.perf_counter()
     search_filter = SearchFilter(**body.filter.model_dump()) if body.filter else None
-    knobs = {k: v for k, v in (("ef_search", body.ef_search), ("nprobe", body.nprobe)) if v}
+    knobs = {k: v for k, v in (("ef_search", body.ef_search), ("nprobe", body.nprobe), ("rerank", body.rerank)) if v}
     query = SearchQuery(
         collection=body.collection,
         text=body.text,
