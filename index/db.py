@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_CACHE_KIB = 64 * 1024
 # Advisory lock key held while migrating PostgreSQL ("pe" + "mg").
 # Its own first key: the writers' locks are (0x7065, collection id), and a collection id could be 0x6D67.
 _MIGRATION_LOCK = (0x706D, 0x6D67)
@@ -43,6 +44,10 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # 64 MiB of pages per connection (SQLite's default is 2 MiB), allocated as pages are read: the
+    # image rows of a million-image collection (about 300 MB, spread among the vector pages) stay
+    # in the connection instead of being re-read from the OS cache on every search.
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.close()
 

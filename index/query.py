@@ -50,10 +50,13 @@ class QueryPlanner:
             if live.index.spec.kind != "flat" and len(allowed) <= EXACT_FILTER_LIMIT:
                 return _above(self.exact(allowed, query, k, live), min_score)
         settings = search_knobs(live, knobs)
+        reranked = live.index.spec.kind in RERANKED_KINDS
         rerank = settings.pop("rerank", 1)
+        if not reranked:
+            rerank = 1  # a re-rank factor means nothing to an index that scores exactly
         with live.lock:
             scores, ids = live.index.search(query, k * rerank, allowed, **settings)
-        if live.index.spec.kind in RERANKED_KINDS and len(ids):
+        if reranked and len(ids):
             hits = self.exact(ids, query, k, live)
         else:
             hits = [Hit(int(i), cosine(s)) for s, i in zip(scores[:k], ids[:k], strict=True)]

@@ -10,18 +10,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from index import vector_rows
-from index.ann.vector_file import MAX_SEGMENTS, Segment, SegmentWriter, VectorFile, lookup
+from index.ann.vector_file import MAX_SEGMENTS, Rows, Segment, SegmentWriter, VectorFile, lookup
 from index.ann.vector_index import RERANKED_KINDS
 
 log = logging.getLogger(__name__)
 # Rows replayed since the checkpoint kept in memory for re-ranking (200 MB at 1024-d); past it,
 # the newest rows' vectors are read from the database until the next checkpoint writes them out.
 TAIL_MAX_ROWS = 50_000
-
-
-class _Rows:
-    def __init__(self, ids: np.ndarray, rows: np.ndarray) -> None:
-        self.ids, self.rows = ids, rows
 
 
 def segment_stem(generation: int, first_id: int, last_id: int) -> str:
@@ -34,7 +29,7 @@ class RerankVectors:
         self.dim = dim
         self.dtype = dtype
         self.file = file
-        self._tail: list[_Rows] = []
+        self._tail: list[Rows] = []
         self._tail_rows = 0
 
     @property
@@ -49,7 +44,7 @@ class RerankVectors:
         """Keep replayed rows (in id order) for re-ranking until a checkpoint writes them out."""
         if not len(ids) or self._tail_rows + len(ids) > TAIL_MAX_ROWS:
             return
-        self._tail = [*self._tail, _Rows(np.array(ids, dtype=np.int64), np.array(vectors, dtype=self.dtype))]
+        self._tail = [*self._tail, Rows(np.array(ids, dtype=np.int64), np.array(vectors, dtype=self.dtype))]
         self._tail_rows += len(ids)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,7 +82,7 @@ class RerankVectors:
         self._tail = []
         self._tail_rows = 0
 
-    def _write(self, generation: int, parts: list[_Rows]) -> Segment:
+    def _write(self, generation: int, parts: list[Rows]) -> Segment:
         stem = segment_stem(generation, int(parts[0].ids[0]), int(parts[-1].ids[-1]))
         writer = SegmentWriter(self.directory, stem, self.dtype)
         try:
@@ -98,12 +93,12 @@ class RerankVectors:
             writer.abort()
             raise
 
-    def _read(self, segment: Segment) -> _Rows:
+    def _read(self, segment: Segment) -> Rows:
         opened = VectorFile.open(self.directory, self.dim, [segment])
         if opened is None:
-            return _Rows(np.zeros(0, np.int64), np.zeros((0, self.dim), self.dtype))
+            return Rows(np.zeros(0, np.int64), np.zeros((0, self.dim), self.dtype))
         ids, rows, _ = opened.lookup(np.load(self.directory / f"{segment.stem}.ids.npy"))
-        return _Rows(ids, rows.astype(self.dtype))
+        return Rows(ids, rows.astype(self.dtype))
 
 
 def open_rerank(

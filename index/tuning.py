@@ -61,7 +61,6 @@ class HeldOut:
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, k: int) -> None:
         self.ids, self.vectors, self.k = ids, vectors, k
-        self._id_set = set(ids.tolist())
         self._best_ids = np.full((len(ids), k), -1, np.int64)
         self._best_scores = np.full((len(ids), k), -np.inf, np.float32)
 
@@ -84,7 +83,7 @@ class HeldOut:
     def split(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The chunks without the held-out rows, each folded into the ground truth as it passes."""
         for ids, vectors in chunks:
-            keep = np.fromiter((int(i) not in self._id_set for i in ids), dtype=bool, count=len(ids))
+            keep = ~np.isin(ids, self.ids)
             ids, vectors = ids[keep], vectors[keep]
             self.update(ids, vectors)
             yield ids, vectors

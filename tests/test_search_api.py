@@ -87,6 +87,7 @@ def test_search_filters_and_min_score(client: TestClient, photos) -> None:
         ({"text": "x", "image_id": 99_999_999}, 404, "part 2 (image_id)"),
         ({}, 422, "empty"),
         ({"image_id": 99_999_999}, 404, "No image"),
+        ({"text": "x", "rerank": 101}, 422, "rerank"),
     ],
 )
 def test_search_errors(client: TestClient, photos, body: dict, status: int, message: str) -> None:
@@ -159,6 +160,11 @@ def test_collections_routes(client: TestClient, photos) -> None:
     listed = {c["name"]: c for c in client.get("/collections").json()}
     assert listed[collection]["count"] == 6 and listed[collection]["model"] == "PE-Core-T16-384"
     assert listed[collection]["dim"] == 512 and listed[collection]["live_index"] == "flat"
+    assert listed[collection]["tuned"] == {}  # exact search has nothing to tune
+    # Knobs of other index kinds are accepted and change nothing for an exact index.
+    plain = search(client, text="a photo", collection=collection, top_k=3)["results"]
+    knobbed = search(client, text="a photo", collection=collection, top_k=3, rerank=4, nprobe=2)["results"]
+    assert [r["id"] for r in knobbed] == [r["id"] for r in plain]
     created = client.post("/collections", json={"name": "made-empty", "index_type": "hnsw"})
     assert created.status_code == 201 and created.json()["count"] == 0
     assert client.post("/collections", json={"name": "made-empty"}).status_code == 409

@@ -106,7 +106,9 @@ def _read_mapped(path: Path) -> faiss.Index | None:
         return None
 
 
-def load(directory: Path, *, mmap: bool = False) -> tuple[VectorIndex, Checkpoint] | None:
+def load(
+    directory: Path, *, mmap: bool = False, mmap_kinds: tuple[str, ...] | None = None
+) -> tuple[VectorIndex, Checkpoint] | None:
     """The checkpointed index, or None when it is missing or damaged (the caller rebuilds).
 
     With mmap, the vectors, graph links or inverted lists stay in the file's pages (shared by every
@@ -118,6 +120,7 @@ def load(directory: Path, *, mmap: bool = False) -> tuple[VectorIndex, Checkpoin
     if checkpoint is None or not checkpoint.file:
         return None
     path = directory / checkpoint.file
+    mmap = mmap and (mmap_kinds is None or checkpoint.kind in mmap_kinds)
     handle = None
     try:
         if path.stat().st_size != checkpoint.size:

@@ -46,7 +46,9 @@ class Segment:
         return cls(str(raw["stem"]), int(raw["rows"]), str(raw["dtype"]))
 
 
-class _Mapped:
+class Rows:
+    """Sorted ids and their vectors (a mapped segment, or rows held in memory)."""
+
     def __init__(self, ids: np.ndarray, rows: np.ndarray) -> None:
         self.ids = ids
         self.rows = rows
@@ -55,7 +57,7 @@ class _Mapped:
 class VectorFile:
     """The mapped segments of one checkpoint, looked up by id."""
 
-    def __init__(self, directory: Path, dim: int, segments: list[Segment], parts: list[_Mapped]) -> None:
+    def __init__(self, directory: Path, dim: int, segments: list[Segment], parts: list[Rows]) -> None:
         self.directory = directory
         self.dim = dim
         self.segments = segments
@@ -73,22 +75,18 @@ class VectorFile:
                 if len(ids) != seg.rows or path.stat().st_size != expected:
                     raise ValueError(f"{path.name}: {len(ids)} ids, {path.stat().st_size} bytes, expected {expected}")
                 rows = np.memmap(path, dtype=seg.dtype, mode="r", shape=(seg.rows, dim)) if seg.rows else None
-                parts.append(_Mapped(ids, rows if rows is not None else np.zeros((0, dim), seg.dtype)))
+                parts.append(Rows(ids, rows if rows is not None else np.zeros((0, dim), seg.dtype)))
         except (OSError, ValueError) as exc:
             log.warning("Re-rank vectors in %s are unusable (%s); re-ranking reads the database", directory, exc)
             return None
         return cls(directory, dim, segments, parts)
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.segments)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found ids, their float32 vectors, ids not in any segment)."""
         return lookup(self._parts, np.asarray(ids, dtype=np.int64), self.dim)
 
 
-def lookup(parts: Iterable[Any], ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def lookup(parts: Iterable[Rows], ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Find ids in parts that have sorted `ids` and matching `rows`; (found, vectors, missing)."""
     found_ids, found_rows = [], []
     missing = ids
