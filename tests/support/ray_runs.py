@@ -89,7 +89,7 @@ def contents(store: VectorStore, collection: str = "c") -> dict:
         return {
             "images": {i.sha256: (i.uri, i.width, i.height, i.format, i.byte_size, i.meta) for i in images},
             "sources": {s.uri: (sha_of[s.image_id], s.size, s.mtime, s.root) for s in sources},
-            "vectors": {i.sha256: np.frombuffer(i.vector, dtype=np.float32) for i in images},
+            "vectors": {i.sha256: store.vector(i.id)[1] for i in images},
             "failures": sorted(store.failures(info.id)),
             "info": (info.model, info.dim, info.count, info.indexed),
         }
