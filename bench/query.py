@@ -202,7 +202,7 @@ def metadata_fetch(
     vectors: np.ndarray, rows: int, ivf_hits: list[np.ndarray], queries: np.ndarray, workdir: Path
 ) -> dict[str, Any]:
     """A real SQLite store of `rows` images (the bench vectors as their vectors), then timed fetches."""
-    from index import crud
+    from bench.store_query import fill_store
     from index.db import create_db_engine, upgrade_database
     from index.store import VectorStore
 
@@ -210,26 +210,7 @@ def metadata_fetch(
     upgrade_database(engine)
     store = VectorStore(engine=engine, index_dir=workdir / "index")  # not opened: no index is loaded
     collection_id = store.create_collection("bench", model="bench", dim=vectors.shape[1], index_type="flat").id
-    started = time.perf_counter()
-    batch = 5_000
-    for start in range(0, rows, batch):
-        items = [
-            crud.NewImage(
-                sha256=f"{i:064x}",
-                uri=f"/photos/{i // 1000:04d}/{i:07d}.jpg",
-                width=1024,
-                height=768,
-                format="JPEG",
-                byte_size=200_000 + i % 5000,
-                vector=vectors[i % len(vectors)],
-                meta={"caption": f"photo {i}", "tags": ["bench", f"t{i % 97}"], "camera": "x100"},
-                root="/photos",
-            )
-            for i in range(start, min(rows, start + batch))
-        ]
-        with store.sessions() as session, session.begin():
-            crud.add_batch(session, collection_id=collection_id, items=items)
-    fill_s = time.perf_counter() - started
+    fill_s = fill_store(store, collection_id, vectors, rows)
     rng = np.random.default_rng(7)
     picks = [rng.choice(np.arange(1, rows + 1), 100, replace=False).tolist() for _ in range(60)]
     for ids in picks[:5]:

@@ -35,11 +35,13 @@ def _pct(ms: list[float]) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
 
 
-def _fill(store: Any, cid: int, vectors: np.ndarray, batch: int = 5_000) -> float:
+def fill_store(store: Any, cid: int, vectors: np.ndarray, rows: int | None = None, batch: int = 5_000) -> float:
+    """`rows` images (default one per vector, cycling through them past the end) in committed batches; seconds."""
     from index import crud
 
+    rows = len(vectors) if rows is None else rows
     started = time.perf_counter()
-    for start in range(0, len(vectors), batch):
+    for start in range(0, rows, batch):
         items = [
             crud.NewImage(
                 sha256=f"{i:064x}",
@@ -48,11 +50,11 @@ def _fill(store: Any, cid: int, vectors: np.ndarray, batch: int = 5_000) -> floa
                 height=768,
                 format="JPEG",
                 byte_size=200_000 + i % 5000,
-                vector=vectors[i],
+                vector=vectors[i % len(vectors)],
                 meta={"caption": f"photo {i}", "tags": ["bench", f"t{i % 97}"], "camera": "x100"},
                 root="/photos",
             )
-            for i in range(start, min(len(vectors), start + batch))
+            for i in range(start, min(rows, start + batch))
         ]
         with store.sessions() as session, session.begin():
             crud.add_batch(session, collection_id=cid, items=items)
@@ -132,7 +134,7 @@ def run_backend(
     goal = TuningGoal()
     store = VectorStore(engine=create_db_engine(url), index_dir=index_dir, tuning=goal).open()
     cid = store.create_collection("bench", model=MODEL, dim=vectors.shape[1], index_type=args.store_index).id
-    out: dict[str, Any] = {"backend": backend, "rows": len(vectors), "fill_s": _fill(store, cid, vectors)}
+    out: dict[str, Any] = {"backend": backend, "rows": len(vectors), "fill_s": fill_store(store, cid, vectors)}
     if args.index_from:
         store.engine.dispose()
         _install(args.index_from, index_dir / str(cid))
