@@ -10,7 +10,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from index import vector_rows
-from index.ann.vector_file import MAX_SEGMENTS, Rows, Segment, SegmentWriter, VectorFile, lookup
+from index.ann.vector_file import MAX_SEGMENTS, Rows, Segment, SegmentWriter, VectorFile, lookup, write_segment
 from index.ann.vector_index import RERANKED_KINDS
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ class RerankVectors:
     @property
     def segments(self) -> list[Segment]:
         return list(self.file.segments) if self.file is not None else []
-
-    @property
-    def pending_rows(self) -> int:
-        return self._tail_rows
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Keep replayed rows (in id order) for re-ranking until a checkpoint writes them out."""
@@ -84,21 +80,14 @@ class RerankVectors:
 
     def _write(self, generation: int, parts: list[Rows]) -> Segment:
         stem = segment_stem(generation, int(parts[0].ids[0]), int(parts[-1].ids[-1]))
-        writer = SegmentWriter(self.directory, stem, self.dtype)
-        try:
-            for part in parts:
-                writer.append(part.ids, part.rows)
-            return writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
+        return write_segment(self.directory, stem, self.dtype, ((p.ids, p.rows) for p in parts))
 
     def _read(self, segment: Segment) -> Rows:
         opened = VectorFile.open(self.directory, self.dim, [segment])
         if opened is None:
             return Rows(np.zeros(0, np.int64), np.zeros((0, self.dim), self.dtype))
-        ids, rows, _ = opened.lookup(np.load(self.directory / f"{segment.stem}.ids.npy"))
-        return Rows(ids, rows.astype(self.dtype))
+        part = opened.parts[0]
+        return Rows(part.ids, np.asarray(part.rows, dtype=self.dtype))
 
 
 def open_rerank(
@@ -120,13 +109,7 @@ def build_writer(directory: Path, kind: str, dtype: str | None, generation: int,
 
 def backfill(rerank: RerankVectors, session: Session, *, collection_id: int, generation: int, up_to: int) -> Segment:
     """Write the segment a checkpoint from before re-rank files lacks, from the database, and map it."""
-    writer = SegmentWriter(rerank.directory, segment_stem(generation, 0, up_to), rerank.dtype)
-    try:
-        for ids, vectors in vector_rows.iter_vectors(session, collection_id=collection_id, up_to=up_to):
-            writer.append(ids, vectors)
-        segment = writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+    chunks = vector_rows.iter_vectors(session, collection_id=collection_id, up_to=up_to)
+    segment = write_segment(rerank.directory, segment_stem(generation, 0, up_to), rerank.dtype, chunks)
     rerank.adopt([segment])
     return segment

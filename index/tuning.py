@@ -97,16 +97,6 @@ def hold_out(session: Session, *, collection_id: int, n: int, kind: str, goal: T
     return HeldOut(ids, vectors, goal.k) if len(ids) else None
 
 
-def exact_neighbours(
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]], query_ids: np.ndarray, queries: np.ndarray, k: int
-) -> np.ndarray:
-    """Per query, the ids of its k most similar rows among the chunks, itself left out."""
-    held = HeldOut(query_ids, queries, k)
-    for _ in held.split(chunks):
-        pass
-    return held.truth
-
-
 def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     hits = [
         len(set(f.tolist()) & set(t[t >= 0].tolist())) / max(1, int((t >= 0).sum()))
@@ -118,7 +108,6 @@ def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
 def trial(
     sessions: sessionmaker[Session],
     live: LiveIndex,
-    query_ids: np.ndarray,
     queries: np.ndarray,
     truth: np.ndarray,
     params: dict[str, int],
@@ -129,14 +118,14 @@ def trial(
     rerank = knobs.pop("rerank", 1)
     reranked = live.index.spec.kind in RERANKED_KINDS
     found, ms = [], []
-    for qid, q in zip(query_ids, queries, strict=True):
+    for q in queries:  # held out of the index: no query can find itself
         started = time.perf_counter()
         with live.lock:
-            _, ids = live.index.search(q, (k + 1) * rerank, None, **knobs)
+            _, ids = live.index.search(q, k * rerank, None, **knobs)
         if reranked and len(ids):
-            ids = np.array([h.id for h in exact_top(sessions, ids, q, k + 1, live.rerank)], dtype=np.int64)
+            ids = np.array([h.id for h in exact_top(sessions, ids, q, k, live.rerank)], dtype=np.int64)
         ms.append((time.perf_counter() - started) * 1000)
-        found.append(ids[ids != qid][:k])
+        found.append(ids[:k])
     p50, p99 = (round(float(np.percentile(ms, q)), 3) for q in (50, 99))
     return Trial(params, _recall(found, truth), p50, p99)
 
@@ -170,11 +159,10 @@ def choose(trials: list[Trial], goal: TuningGoal) -> tuple[Trial, bool]:
 def tune_index(sessions: sessionmaker[Session], live: LiveIndex, held: HeldOut, goal: TuningGoal) -> dict[str, Any]:
     """Measure the settings ladder with the held-out queries; the chosen setting and its figures."""
     started = time.perf_counter()
-    query_ids, queries, truth = held.ids, held.vectors, held.truth
     trials: list[Trial] = []
     for ladder in candidates(live):
         for params in ladder:
-            result = trial(sessions, live, query_ids, queries, truth, params, goal.k)
+            result = trial(sessions, live, held.vectors, held.truth, params, goal.k)
             trials.append(result)
             # Costlier rungs only help while the target is unmet and the budget holds.
             if result.recall >= goal.target_recall or result.p50_ms > goal.latency_budget_ms:
@@ -191,7 +179,7 @@ def tune_index(sessions: sessionmaker[Session], live: LiveIndex, held: HeldOut, 
         "target_recall": goal.target_recall,
         "latency_budget_ms": goal.latency_budget_ms,
         "met": met,
-        "queries": int(len(query_ids)),
+        "queries": int(len(held.ids)),
         "k": goal.k,
         "trials": len(trials),
         "seconds": seconds,

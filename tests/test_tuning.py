@@ -13,18 +13,21 @@ from index.db import create_db_engine
 from index.models import Collection
 from index.query import search_knobs
 from index.store import VectorStore
-from index.tuning import Trial, TuningGoal, choose, exact_neighbours
+from index.tuning import HeldOut, Trial, TuningGoal, choose
 from tests.support.store import DIM, MODEL, add, clustered
 
 GOAL = TuningGoal(target_recall=0.95, latency_budget_ms=50.0, queries=60)
 
 
-def test_exact_neighbours_leave_the_query_out_and_match_brute_force() -> None:
+def test_held_out_rows_stay_out_of_the_build_and_get_exact_neighbours() -> None:
     vectors = clustered(700, seed=21)
     ids = np.arange(10, 710, dtype=np.int64)
     picks = np.array([3, 50, 699])
     chunks = [(ids[s : s + 128], vectors[s : s + 128]) for s in range(0, 700, 128)]
-    got = exact_neighbours(chunks, ids[picks], vectors[picks], 5)
+    held = HeldOut(ids[picks], vectors[picks], 5)
+    indexed = sum(len(chunk_ids) for chunk_ids, _ in held.split(chunks))
+    assert indexed == 700 - len(picks)  # the build never sees the held-out rows
+    got = held.truth
     for row, pick in zip(got, picks, strict=True):
         scores = vectors @ vectors[pick]
         scores[pick] = -np.inf

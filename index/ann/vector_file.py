@@ -61,7 +61,7 @@ class VectorFile:
         self.directory = directory
         self.dim = dim
         self.segments = segments
-        self._parts = parts
+        self.parts = parts
 
     @classmethod
     def open(cls, directory: Path, dim: int, segments: list[Segment]) -> VectorFile | None:
@@ -83,7 +83,7 @@ class VectorFile:
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found ids, their float32 vectors, ids not in any segment)."""
-        return lookup(self._parts, np.asarray(ids, dtype=np.int64), self.dim)
+        return lookup(self.parts, np.asarray(ids, dtype=np.int64), self.dim)
 
 
 def lookup(parts: Iterable[Rows], ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,6 +142,18 @@ class SegmentWriter:
     def abort(self) -> None:
         self._out.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def write_segment(directory: Path, stem: str, dtype: str, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> Segment:
+    """A whole segment from (ids, vectors) chunks in id order; nothing is left behind if it fails."""
+    writer = SegmentWriter(directory, stem, dtype)
+    try:
+        for ids, vectors in chunks:
+            writer.append(ids, vectors)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
