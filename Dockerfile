@@ -5,12 +5,16 @@
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 -t pe-search:cuda .
 # Air-gapped sites: bake a model's weights into the image:
 #   docker build --build-arg BAKE_MODEL=PE-Core-L14-336 -t pe-search:l14 .
+# Optional features: EXTRAS lists pyproject.toml extras (postgres, ray, openvino, s3, gcs, azure,
+# objects = s3+gcs+azure), comma-separated, installed as pe-search[EXTRAS]; none by default:
+#   docker build --build-arg EXTRAS=postgres,s3 -t pe-search:pg .
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.9.1
 ARG TORCHVISION_VERSION=0.24.1
 ARG BAKE_MODEL=""
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -29,7 +33,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY index ./index
 COPY migrations ./migrations
-RUN pip install . \
+RUN pip install "./${EXTRAS:+[${EXTRAS}]}" \
     && useradd --create-home --uid 10001 pesearch \
     && mkdir -p /data /models \
     && if [ -n "${BAKE_MODEL}" ]; then pe-search download --model "${BAKE_MODEL}"; fi \

@@ -36,6 +36,8 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedMediaError",
     "WeightsError",
+    "BackupError",
+    "DamagedBackupError",
 ]
 
 
@@ -127,3 +129,16 @@ class RayIngestError(PESearchError):
     def __init__(self, cause: str) -> None:
         self.cause = cause
         super().__init__(f"the Ray ingest stopped; what was committed stays, re-run to resume: {cause}")
+
+
+class BackupError(PESearchError):
+    """A backup or restore that cannot be done: a DEST or data dir in use, pg_dump missing or failing."""
+
+
+class DamagedBackupError(BackupError):
+    """A backup that fails verification (a file missing, truncated or altered, a broken manifest or database)."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"damaged backup: {where}: {problem}; nothing was restored")

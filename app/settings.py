@@ -39,6 +39,17 @@ class UrlPolicy:
     deny_hosts: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class ObjectPolicy:
+    """How object stores are reached: plain values, so it travels to Ray actors as it is. No credentials."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    s3_endpoint_url: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retries: int = 3
+
+
 # NoDecode: the environment holds `a,b`, not the JSON list pydantic-settings would otherwise expect.
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
 
@@ -76,8 +87,20 @@ class Settings(BaseSettings):
     # A reader beside one writer (PostgreSQL, shared data dir): serves searches, refuses
     # writes with 403, never migrates the database or writes index checkpoints.
     read_only: bool = False
-    # Server-side ingest jobs may read only under these folders (comma-separated); none by default.
+    # Server-side ingest jobs may read only under these folders and object-storage prefixes
+    # (comma-separated; `s3://bucket/prefix`, `gs://...`, `az://...`); none by default.
     ingest_roots: CommaList = ()
+    # Folders the server keeps in sync with a collection (writer only): `COLLECTION=DIR` or `DIR`
+    # (into "default"), comma-separated. New and changed files are added, deleted ones removed.
+    watch_folders: CommaList = ()
+    # A changed file is read once its size and mtime have held still this long (no half-written reads).
+    watch_settle_s: float = Field(default=1.0, gt=0, le=600)
+    # S3-compatible servers (MinIO, Ceph, R2...): their endpoint. Credentials are never set here: the
+    # provider's own chain supplies them (AWS_ACCESS_KEY_ID..., ~/.aws, instance roles; GCS/Azure alike).
+    s3_endpoint_url: str | None = None
+    object_connect_timeout: float = Field(default=5.0, gt=0)
+    object_read_timeout: float = Field(default=30.0, gt=0)
+    object_retries: int = Field(default=3, ge=1, le=20)
     ingest_batch: int = Field(default=32, ge=1, le=1024)
     ingest_workers: int = Field(default=4, ge=1, le=64)
     # Decode JPEGs much larger than the model input at 1/2-1/8 scale (libjpeg draft mode) when ingesting.
@@ -173,7 +196,29 @@ class Settings(BaseSettings):
 
     @property
     def ingest_root_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(p).resolve() for p in self.ingest_roots)
+        return tuple(Path(p).resolve() for p in self.ingest_roots if "://" not in p)
+
+    @property
+    def ingest_object_prefixes(self) -> tuple[str, ...]:
+        return tuple(p for p in self.ingest_roots if "://" in p)
+
+    @property
+    def watched_folders(self) -> tuple[tuple[str, Path], ...]:
+        """(collection, folder) per PE_SEARCH_WATCH_FOLDERS entry."""
+        pairs = []
+        for entry in self.watch_folders:
+            name, sep, folder = entry.partition("=")
+            pairs.append((name.strip(), Path(folder.strip())) if sep else ("default", Path(entry)))
+        return tuple(pairs)
+
+    def object_policy(self) -> ObjectPolicy:
+        return ObjectPolicy(
+            max_bytes=self.max_image_bytes,
+            s3_endpoint_url=self.s3_endpoint_url,
+            connect_timeout=self.object_connect_timeout,
+            read_timeout=self.object_read_timeout,
+            retries=self.object_retries,
+        )
 
     @property
     def workers(self) -> int:

@@ -17,6 +17,8 @@ SCENARIOS = {
     "duplicates": "bench.duplicates",
     "exchange": "bench.exchange",
     "compose": "bench.compose",
+    "metadata": "bench.metadata_filter",
+    "objects": "bench.object_ingest",
 }
 
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,17 @@ def _pct(ms: list[float]) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
 
 
-def fill_store(store: Any, cid: int, vectors: np.ndarray, rows: int | None = None, batch: int = 5_000) -> float:
-    """`rows` images (default one per vector, cycling through them past the end) in committed batches; seconds."""
+def fill_store(
+    store: Any,
+    cid: int,
+    vectors: np.ndarray,
+    rows: int | None = None,
+    batch: int = 5_000,
+    meta: Callable[[int], dict[str, Any]] | None = None,
+) -> float:
+    """`rows` images (default one per vector, cycling through them past the end) in committed batches; seconds.
+
+    `meta(i)`, when given, adds keys to row i's metadata (bench/metadata_filter.py's selective keys)."""
     from index import crud
 
     rows = len(vectors) if rows is None else rows
@@ -51,7 +61,12 @@ def fill_store(store: Any, cid: int, vectors: np.ndarray, rows: int | None = Non
                 format="JPEG",
                 byte_size=200_000 + i % 5000,
                 vector=vectors[i % len(vectors)],
-                meta={"caption": f"photo {i}", "tags": ["bench", f"t{i % 97}"], "camera": "x100"},
+                meta={
+                    "caption": f"photo {i}",
+                    "tags": ["bench", f"t{i % 97}"],
+                    "camera": "x100",
+                    **(meta(i) if meta else {}),
+                },
                 root="/photos",
             )
             for i in range(start, min(rows, start + batch))

@@ -138,7 +138,7 @@ def _point_sources(
     new_rows = {}
     left: set[int] = set()
     for item, image_id in zip(items, image_ids, strict=True):
-        values = {"image_id": image_id, "root": item.root, "size": item.size, "mtime": item.mtime}
+        values = {"image_id": image_id, "root": item.root, "size": item.size, "mtime": item.mtime, "etag": item.etag}
         if item.uri in existing:
             source = existing[item.uri]
             if source.image_id != image_id:
@@ -176,6 +176,35 @@ def delete_images(session: Session, *, image_ids: Sequence[int]) -> dict[int, li
     session.execute(delete(Source).where(Source.image_id.in_([r[0] for r in rows])))
     session.execute(delete(Image).where(Image.id.in_([r[0] for r in rows])))
     return by_collection
+
+
+def remove_sources(session: Session, *, collection_id: int, uris: Sequence[str]) -> tuple[int, list[int]]:
+    """Forget these places (a watched file deleted); an image left with no source is deleted too.
+
+    Returns (sources removed, image ids deleted).
+    """
+    lock_collection_writes(session, collection_ids=[collection_id])
+    found = sources_by_uri(session, collection_id=collection_id, uris=uris)
+    session.execute(delete(Failure).where(Failure.collection_id == collection_id, Failure.uri.in_(list(uris))))
+    if not found:
+        return 0, []
+    touched = {source.image_id for source in found.values()}
+    session.execute(delete(Source).where(Source.id.in_([source.id for source in found.values()])))
+    still_used = set(session.scalars(select(Source.image_id).where(Source.image_id.in_(touched))))
+    orphans = sorted(touched - still_used)
+    delete_images(session, image_ids=orphans)
+    return len(found), orphans
+
+
+def source_uris(session: Session, *, collection_id: int, root: str, after: str = "", limit: int = 1000) -> list[str]:
+    """The uris ingested from under `root`, in uri order after `after`: a folder's known files, a page at a time."""
+    rows = session.scalars(
+        select(Source.uri)
+        .where(Source.collection_id == collection_id, Source.root == root, Source.uri > after)
+        .order_by(Source.uri)
+        .limit(limit)
+    )
+    return list(rows)
 
 
 def merge_metadata(session: Session, *, image_id: int, patch: dict[str, Any]) -> None:

@@ -68,5 +68,17 @@ class NewImage:
     root: str | None = None
     size: int | None = None
     mtime: float | None = None
+    # An object's version tag (S3 ETag), compared with its size to skip unchanged objects.
+    etag: str | None = None
     # Kept from an import, so date order survives a move; new images are stamped when committed.
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KnownSource:
+    """What the store remembers of a place already ingested, to tell whether it changed."""
+
+    image_id: int
+    size: int | None
+    mtime: float | None
+    etag: str | None

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from index import crud, vector_rows
-from index.dto import ImageRecord, NewImage
+from index.dto import ImageRecord, KnownSource, NewImage
 from index.errors import ImageNotFoundError, ReadOnlyError
 from index.live import LiveIndexes
 from index.models import Image, Source
@@ -58,11 +58,11 @@ class ImageMethods:
         with self.sessions() as session:
             return crud.sync_state(session, collection_id=collection_id)[0]
 
-    def known_sources(self, collection_id: int, uris: Sequence[str]) -> dict[str, tuple[int | None, float | None, int]]:
-        """(size, mtime, image id) of each uri already ingested into the collection."""
+    def known_sources(self, collection_id: int, uris: Sequence[str]) -> dict[str, KnownSource]:
+        """What is remembered of each uri already ingested into the collection."""
         with self.sessions() as session:
             rows = crud.sources_by_uri(session, collection_id=collection_id, uris=list(uris))
-            return {uri: (s.size, s.mtime, s.image_id) for uri, s in rows.items()}
+            return {uri: KnownSource(s.image_id, s.size, s.mtime, s.etag) for uri, s in rows.items()}
 
     def existing_shas(self, collection_id: int, shas: Sequence[str]) -> dict[str, int]:
         with self.sessions() as session:
@@ -95,6 +95,26 @@ class ImageMethods:
         for collection_id in by_collection:
             self.live.synced(collection_id)
         return sum(len(ids) for ids in by_collection.values())
+
+    def remove_sources(self, collection_id: int, uris: Sequence[str]) -> tuple[int, int]:
+        """Forget these uris in the collection; returns (sources removed, images deleted with their last source)."""
+        self._writable("remove sources")
+        with self.sessions() as session, session.begin():
+            removed, deleted = crud.remove_sources(session, collection_id=collection_id, uris=uris)
+        if deleted:
+            self.live.synced(collection_id)
+        return removed, len(deleted)
+
+    def iter_source_uris(self, collection_id: int, root: str) -> Iterator[str]:
+        """Every uri ingested from under the folder `root`, a page at a time."""
+        after = ""
+        while True:
+            with self.sessions() as session:
+                page = crud.source_uris(session, collection_id=collection_id, root=root, after=after)
+            if not page:
+                return
+            yield from page
+            after = page[-1]
 
     def image(self, image_id: int) -> ImageRecord:
         with self.sessions() as session:

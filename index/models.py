@@ -6,10 +6,23 @@ touches about 200-byte rows instead of rows carrying 4 KB each (issue #14).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -70,6 +83,13 @@ class Image(Base):
     # id watermark always means "every row above this is new".
     __table_args__ = (
         UniqueConstraint("collection_id", "sha256", name="uq_images_collection_sha256"),
+        # Metadata filters (`@>` only) on PostgreSQL; none on SQLite (migration 0005).
+        Index(
+            "ix_images_metadata_gin",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ).ddl_if(dialect="postgresql"),
         {"sqlite_autoincrement": True},
     )
 
@@ -108,6 +128,8 @@ class Source(Base):
     root: Mapped[str | None] = mapped_column(Text)
     size: Mapped[int | None] = mapped_column(Integer)
     mtime: Mapped[float | None] = mapped_column(Float)
+    # Objects in buckets: their ETag stands in for the mtime (revision 0006).
+    etag: Mapped[str | None] = mapped_column(String(200))
 
 
 class Tombstone(Base):
@@ -143,3 +165,36 @@ class StagedVector(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), index=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class IngestJob(Base):
+    """A server-side ingest job: what it reads, how far it got, how it ended (revision 0006)."""
+
+    __tablename__ = "ingest_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(Text)
+    # What the run needs besides the source: manifest column, model, near-duplicate policy, changed paths.
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    # Runs started: 2 or more means it was resumed after a restart.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+def schema_of(dialect: str) -> Callable[[Any, str | None, str, bool, Any], bool]:
+    """Alembic's `include_object` for one database: leaves out what is declared for another dialect only
+    (`Index(...).ddl_if(dialect=...)`, such as the PostgreSQL GIN index), which Alembic's comparison ignores."""
+
+    def include(obj: Any, name: str | None, kind: str, reflected: bool, compare_to: Any) -> bool:
+        condition = getattr(obj, "_ddl_if", None)
+        return not (kind == "index" and condition is not None and condition.dialect not in (None, dialect))
+
+    return include

@@ -32,6 +32,7 @@ from index.errors import (
 )
 from index.filters import SearchFilter
 from index.images import ImageMethods
+from index.job_records import JobRecords
 from index.live import LiveIndexes
 from index.models import Collection
 from index.query import QueryPlanner
@@ -66,6 +67,7 @@ class VectorStore(ImageMethods):
             tuning=tuning,
         )
         self.query = QueryPlanner(self.sessions)
+        self.jobs = JobRecords(self.sessions)
         self.staging = Staging(self.sessions)
 
     # --- lifecycle ---

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from index.db import create_db_engine
-from index.models import Base
+from index.models import Base, schema_of
 
 config = context.config
 target_metadata = Base.metadata
@@ -27,6 +27,8 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        # Autogenerate compares only what this database should have (no PostgreSQL-only index on SQLite).
+        include_object=schema_of(connection.dialect.name),
         # Each migration commits on its own, so one that copies data in committed batches (0004)
         # can resume after an interruption without the earlier ones being re-run.
         transaction_per_migration=True,

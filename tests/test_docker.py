@@ -35,6 +35,39 @@ def test_conventions_operators_expect() -> None:
     assert {".git", ".venv", "data", "tests"} <= set(ignored)
 
 
+def _copied_context(destination: Path) -> None:
+    """The build context as the Dockerfile's COPY steps lay it out in WORKDIR."""
+    for line in re.findall(r"^COPY (.+)$", DOCKERFILE, re.M):
+        *sources, target = line.split()
+        for source in sources:
+            path = ROOT / source
+            if path.is_dir():
+                shutil.copytree(path, destination / target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(path, destination / target)
+
+
+@pytest.mark.parametrize("extras", ["", "postgres,s3", "objects"])
+def test_install_step_installs_the_extras_asked_for(extras: str, tmp_path: Path) -> None:
+    """The step's own shell words, run by sh with the EXTRAS build argument, ask pip for pe-search[EXTRAS]."""
+    assert 'ARG EXTRAS=""' in DOCKERFILE  # none by default
+    [spec] = re.findall(r"^RUN pip install (\S+) \\$", DOCKERFILE, re.M)
+    _copied_context(tmp_path)
+    report = tmp_path / "report.json"
+    # --dry-run --no-deps: pip builds the project's metadata and resolves the extras, installs nothing.
+    step = f'exec "$PYTHON" -m pip install --dry-run --no-deps --no-build-isolation --quiet --report "$REPORT" {spec}'
+    env = {**os.environ, "EXTRAS": extras, "PYTHON": sys.executable, "REPORT": str(report)}
+    result = subprocess.run(["sh", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    [install] = json.loads(report.read_text())["install"]
+    metadata = install["metadata"]
+    assert metadata["name"] == "pe-search"
+    asked = extras.split(",") if extras else []
+    assert (install.get("requested_extras") or []) == asked
+    assert set(asked) <= set(metadata["provides_extra"]), "an extra pyproject.toml does not define"
+    assert "does not provide the extra" not in result.stderr
+
+
 def _healthcheck_command() -> list[str]:
     line = next(row for row in DOCKERFILE.splitlines() if row.strip().startswith('CMD ["python"'))
     return json.loads(line.strip()[len("CMD ") :])

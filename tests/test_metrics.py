@@ -115,7 +115,7 @@ def test_ingest_job_counts_ingested_and_failed(client: TestClient, tmp_path: Pat
     monkeypatch.setattr(client.app.state.settings, "ingest_roots", str(tmp_path))
     started = client.post("/ingest", json={"source": str(tmp_path / "photos"), "collection": collection})
     assert started.status_code == 202, started.text
-    client.app.state.services.jobs._pool.submit(lambda: None).result()  # the single job thread has finished the job
+    client.app.state.services.jobs.wait_idle(60)  # the single job thread has finished the job
     assert client.get(f"/ingest/{started.json()['id']}").json()["status"] == "done"
     after = scrape(client)
     assert value(after, "pe_search_images_ingested", "pe_search_images_ingested_total", collection=collection) == 4

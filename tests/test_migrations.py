@@ -7,30 +7,26 @@ the current models), the way a user's database looks before upgrading.
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 from alembic import command
 from sqlalchemy import Engine, MetaData, inspect, select
 
-from index.db import MIGRATIONS_DIR, alembic_config, create_db_engine, current_revision, upgrade_database
+from index.db import (
+    alembic_config,
+    create_db_engine,
+    current_revision,
+    head_revision,
+    upgrade_database,
+)
 from index.store import VectorStore
+from tests.support.sql import load_migration
 from tests.support.store import DIM, MODEL, clustered
 
 ROWS = 2_500
-
-
-def _migration() -> ModuleType:
-    path = MIGRATIONS_DIR / "versions" / "0004_image_vectors.py"
-    spec = importlib.util.spec_from_file_location("migration_0004", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _at_revision(engine: Engine, revision: str) -> None:
@@ -110,7 +106,7 @@ def old_database(db_url: str) -> tuple[Engine, np.ndarray]:
 def test_upgrade_moves_every_vector_and_keeps_every_image(old_database, tmp_path: Path) -> None:
     engine, vectors = old_database
     upgrade_database(engine)
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == head_revision()
     assert "vector" not in {c["name"] for c in inspect(engine).get_columns("images")}
     moved = _stored_vectors(engine)
     assert sorted(moved) == list(range(1, ROWS + 1))
@@ -127,7 +123,7 @@ def test_upgrade_moves_every_vector_and_keeps_every_image(old_database, tmp_path
 
 def test_an_interrupted_upgrade_resumes_after_the_last_committed_batch(old_database) -> None:
     engine, vectors = old_database
-    migration = _migration()
+    migration = load_migration("0004_image_vectors.py")
     # What a run killed mid-copy leaves: the new table, two batches committed, the revision still 0003.
     with engine.connect() as connection:
         connection.exec_driver_sql(
@@ -145,7 +141,7 @@ def test_an_interrupted_upgrade_resumes_after_the_last_committed_batch(old_datab
     moved = _stored_vectors(engine)
     assert sorted(moved) == list(range(1, ROWS + 1))  # each once: nothing copied twice, nothing skipped
     assert all(moved[i + 1] == vectors[i].astype("<f4").tobytes() for i in range(ROWS))
-    assert current_revision(engine) == "0004"
+    assert current_revision(engine) == head_revision()
 
 
 def test_downgrade_puts_the_vectors_back_in_the_image_rows(old_database) -> None:

@@ -27,17 +27,21 @@ import pytest
 
 from app.cli import main as cli_main
 from app.errors import RayIngestError, RaySetupError
+from app.ingest.pipeline import Ingestor
 from app.ingest.ray_engine import RayIngestor, RayOptions
 from app.ingest.ray_setup import connect
 from app.ingest.ray_watch import PoolState, StallWatch
-from app.ingest.sources import SourceError, folder_items, manifest_items
+from app.ingest.sources import SourceError, folder_items, manifest_items, object_items
 from app.media.decode import decode_image
+from app.media.fetch import UrlFetcher
+from app.media.objects import ObjectStorage
 from app.model.encoder import PEEncoder
 from app.settings import Settings
 from index.db import create_db_engine
 from index.store import VectorStore
 from tests.support.constants import TEST_MODEL
 from tests.support.images import encode, photo
+from tests.support.objects import credentials_in_env, s3_server
 from tests.support.ray_runs import (
     HeldServer,
     arm_state_dump,
@@ -97,16 +101,19 @@ def ray_address() -> Iterator[str]:
     if importlib.util.find_spec("ray") is None and not os.environ.get("PE_SEARCH_REQUIRE_RAY"):
         pytest.skip("Ray is not installed (pip install 'pe-search[ray]')")
     # conftest prepared this process for Ray (loopback only, no usage stats) before anything imported it.
-    started = connect(None, num_cpus=2, object_store_memory=300 * 1024**2)
-    import ray
+    # The loopback S3 server's dummy credentials are in the environment before Ray starts, so its
+    # workers inherit them as a cluster's nodes would have their own.
+    with credentials_in_env():
+        started = connect(None, num_cpus=2, object_store_memory=300 * 1024**2)
+        import ray
 
-    address = ray.get_runtime_context().gcs_address
-    # Tests talk to loopback only: the instance, and the CLI joining it below, must not use the machine's address.
-    assert address.startswith("127.0.0.1:"), address
-    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
-    yield address
-    if started:
-        ray.shutdown()
+        address = ray.get_runtime_context().gcs_address
+        # Tests talk to loopback only: the instance, and the CLI joining it below, must not use the machine's address.
+        assert address.startswith("127.0.0.1:"), address
+        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+        yield address
+        if started:
+            ray.shutdown()
 
 
 def test_ray_engine_stores_what_the_local_engine_stores(
@@ -137,6 +144,33 @@ def test_ray_engine_stores_what_the_local_engine_stores(
         assert [uri for uri, _ in have] == [uri for uri, _ in want]
         np.testing.assert_allclose([s for _, s in have], [s for _, s in want], atol=1e-5)
     assert ranked(distributed, queries[1])[0] == (str(paths[0].resolve()), pytest.approx(1.0, abs=1e-4))
+
+
+def test_ray_engine_reads_a_bucket_as_the_local_engine_does(
+    tmp_path: Path, ray_address: str, encoder: PEEncoder, settings: Settings
+) -> None:
+    make_photos(tmp_path / "photos")
+    with s3_server(tmp_path) as s3:
+        client = s3.client()
+        client.create_bucket(Bucket="ray-photos")
+        for path in sorted((tmp_path / "photos").rglob("*")):
+            if path.is_file():
+                client.put_object(Bucket="ray-photos", Key=f"lib/{path.name}", Body=path.read_bytes())
+        bucket = settings.model_copy(update={"s3_endpoint_url": s3.endpoint, "object_retries": 1})
+        objects = ObjectStorage(bucket.object_policy())
+        local, distributed = open_store(tmp_path / "local"), open_store(tmp_path / "ray")
+        local_summary = Ingestor(
+            store=local, encoder=encoder, fetcher=UrlFetcher(bucket.url_policy()), objects=objects, batch_size=4
+        ).run(object_items("s3://ray-photos/lib", objects), collection="c")
+        ray_summary = ray_run(distributed, bucket, object_items("s3://ray-photos/lib", objects))
+        rerun = ray_run(distributed, bucket, object_items("s3://ray-photos/lib", objects))
+    assert without_timing(ray_summary) == without_timing(local_summary)
+    assert ray_summary.added == 10 and [uri for uri, _ in ray_summary.failed] == ["s3://ray-photos/lib/broken.jpg"]
+    expected, got = contents(local), contents(distributed)
+    assert got["images"] == expected["images"] and got["sources"] == expected["sources"]
+    for sha, vector in expected["vectors"].items():
+        np.testing.assert_allclose(got["vectors"][sha], vector, atol=1e-5)
+    assert (rerun.unchanged, rerun.added) == (11, 0)  # skipped by ETag and size, unread
 
 
 def test_ray_rerun_skips_unchanged_files_and_reads_changed_ones(

@@ -190,7 +190,7 @@ def test_server_side_ingest_job(client: TestClient, tmp_path: Path, monkeypatch)
     started = client.post("/ingest", json={"source": str(tmp_path / "allowed" / "photos"), "collection": "job"})
     assert started.status_code == 202
     job_id = started.json()["id"]
-    client.app.state.services.jobs._pool.submit(lambda: None).result()  # the single job thread has finished the job
+    client.app.state.services.jobs.wait_idle(60)  # the single job thread has finished the job
     job = client.get(f"/ingest/{job_id}").json()
     assert job["status"] == "done" and job["summary"]["added"] == 4 and job["summary"]["failed"] == 2
     assert client.get("/search", params={"q": "x", "collection": "job"}).json()["results"]
@@ -204,7 +204,7 @@ def test_folder_file_is_served_only_under_its_root(client: TestClient, tmp_path:
     paths = make_folder(tmp_path / "root", count=2)
     monkeypatch.setattr(client.app.state.settings, "ingest_roots", str(tmp_path))
     job_id = client.post("/ingest", json={"source": str(tmp_path / "root"), "collection": "served"}).json()["id"]
-    client.app.state.services.jobs._pool.submit(lambda: None).result()
+    client.app.state.services.jobs.wait_idle(60)
     assert client.get(f"/ingest/{job_id}").json()["status"] == "done"
     hits = search(client, text="x", collection="served")["results"]
     by_uri = {h["uri"]: h["id"] for h in hits}

@@ -37,7 +37,7 @@ def test_thumbnail_of_a_moved_file_is_404(client: TestClient, tmp_path, monkeypa
     paths = make_folder(tmp_path / "root", count=1)
     monkeypatch.setattr(client.app.state.settings, "ingest_roots", str(tmp_path))
     job = client.post("/ingest", json={"source": str(tmp_path / "root"), "collection": "moved"}).json()["id"]
-    client.app.state.services.jobs._pool.submit(lambda: None).result()
+    client.app.state.services.jobs.wait_idle(60)
     assert client.get(f"/ingest/{job}").json()["status"] == "done"
     image_id = client.post("/search", json={"text": "x", "collection": "moved"}).json()["results"][0]["id"]
     paths[0].unlink()

@@ -60,6 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     metrics.watch_store(services.store)
     app.state.services = services
+    services.start_jobs()
     # Loads in the background so /health answers at once and /ready turns 200 when done.
     loading = asyncio.create_task(run_blocking(services.registry.load_default))
     try:

@@ -13,6 +13,7 @@ from app.api.urls import file_url
 from app.services.query_parts import QueryPart
 from index.dto import ImageRecord as StoredImage
 from index.filters import Scalar
+from index.job_records import JobRecord
 
 
 def storable_json(value: Any) -> Any:
@@ -260,7 +261,8 @@ class IngestRequest(BaseModel):
     )
 
     source: Annotated[str, AfterValidator(no_nul)] = Field(
-        description="A server-side folder or manifest under PE_SEARCH_INGEST_ROOTS"
+        description="A server-side folder or manifest, or an object-storage prefix (s3://bucket/prefix, gs://, "
+        "az://), under PE_SEARCH_INGEST_ROOTS. Credentials come from the server's environment, never the request."
     )
     kind: Literal["folder", "manifest", "urls"] = "folder"
     collection: CollectionName = "default"
@@ -276,8 +278,27 @@ class IngestJobOut(BaseModel):
     id: str
     source: str
     collection: str
-    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    kind: str = Field(description="folder, manifest, urls, or changes (a watched folder's batch of changes)")
+    status: Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
     summary: dict[str, Any]
     error: str | None
+    attempts: int = Field(description="Runs started; 2 or more: resumed after a server restart")
     created_at: str
+    started_at: str | None
     finished_at: str | None
+
+    @classmethod
+    def of(cls, job: JobRecord) -> IngestJobOut:
+        return cls(
+            id=job.id,
+            source=job.source,
+            collection=job.collection,
+            kind=job.kind,
+            status=job.status,
+            summary=job.summary,
+            error=job.error,
+            attempts=job.attempts,
+            created_at=job.created_at.isoformat(),
+            started_at=job.started_at.isoformat() if job.started_at else None,
+            finished_at=job.finished_at.isoformat() if job.finished_at else None,
+        )

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from app.cli.args import print_json
 from app.cli.collection_tools import add_collection_tools
 from app.cli.index_commands import add_commands, load_encoder
+from app.cli.ops_commands import add_ops_commands
 from app.model.variants import VARIANTS
 from app.runtime.process import configure_logging
 from app.settings import Settings
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub, model_opts)
     add_collection_tools(sub)
+    add_ops_commands(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from app.ingest.writer import (
 )
 from app.media.decode import decode_reduced, image_format
 from app.media.fetch import UrlFetcher
+from app.media.objects import ObjectStorage
 from app.model.encoder import PEEncoder
 from app.settings import Settings
 from index.dto import CollectionInfo, NewImage
@@ -72,15 +73,23 @@ def _done(value: Outcome) -> Future:
 class Preparer:
     """Read, decode and PE-preprocess one item: the steps any engine runs where the bytes are."""
 
-    def __init__(self, *, encoder: PEEncoder, fetcher: UrlFetcher, jpeg_draft: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        encoder: PEEncoder,
+        fetcher: UrlFetcher,
+        objects: ObjectStorage | None = None,
+        jpeg_draft: bool = True,
+    ) -> None:
         self.encoder = encoder
         self.fetcher = fetcher
+        self.objects = objects or ObjectStorage()
         # Large JPEGs decode at reduced DCT scale, never below the model's input size.
         self.min_side = encoder.variant.image_size if jpeg_draft else None
 
     def prepare(self, item: SourceItem) -> Prepared | Rejected:
         try:
-            data = self._read(item)
+            data, item = self._read(item)
             decoded = decode_reduced(data, min_side=self.min_side)
             return Prepared(
                 item=item,
@@ -99,13 +108,17 @@ class Preparer:
             log.exception("Unexpected failure preparing %s", item.uri)
             return Rejected(item.uri, f"unexpected error: {type(exc).__name__}")
 
-    def _read(self, item: SourceItem) -> bytes:
+    def _read(self, item: SourceItem) -> tuple[bytes, SourceItem]:
+        """The item's bytes, and the item with what reading it told (an object's ETag and size)."""
         if item.data is not None:
-            return item.data
+            return item.data, item
         if item.url is not None:
-            return self.fetcher.fetch(item.url)
+            return self.fetcher.fetch(item.url), item
+        if item.object_url is not None:
+            data, etag = self.objects.read(item.object_url)
+            return data, replace(item, etag=item.etag or etag, size=len(data))
         assert item.path is not None
-        return item.path.read_bytes()
+        return item.path.read_bytes(), item
 
 
 class Ingestor:
@@ -115,6 +128,7 @@ class Ingestor:
         store: VectorStore,
         encoder: PEEncoder,
         fetcher: UrlFetcher,
+        objects: ObjectStorage | None = None,
         batch_size: int = 32,
         workers: int = 4,
         jpeg_draft: bool = True,
@@ -125,7 +139,7 @@ class Ingestor:
         self.store = store
         self.encoder = encoder
         self.fetcher = fetcher
-        self.preparer = Preparer(encoder=encoder, fetcher=fetcher, jpeg_draft=jpeg_draft)
+        self.preparer = Preparer(encoder=encoder, fetcher=fetcher, objects=objects, jpeg_draft=jpeg_draft)
         self.batch_size = batch_size
         self.workers = workers
         self.on_batch = on_batch
@@ -147,6 +161,7 @@ class Ingestor:
             store=store,
             encoder=encoder,
             fetcher=fetcher,
+            objects=ObjectStorage(settings.object_policy()),
             batch_size=batch_size or settings.ingest_batch,
             workers=settings.ingest_workers,
             jpeg_draft=settings.ingest_jpeg_draft,

@@ -12,6 +12,7 @@ import numpy as np
 
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import embed_unique
+from app.media.objects import ObjectStorage
 from app.settings import Settings
 
 
@@ -29,13 +30,23 @@ class EmbedActor:
         # Torch's threads, where a tower runs on torch, are sized when the loader builds it (app/model/loading.py).
         encoders = build_encoders(settings)
         self.encoder = encoders.registry.get(model)
-        self.preparer = Preparer(encoder=self.encoder, fetcher=encoders.fetcher, jpeg_draft=settings.ingest_jpeg_draft)
+        self.preparer = Preparer(
+            encoder=self.encoder,
+            fetcher=encoders.fetcher,
+            objects=ObjectStorage(settings.object_policy()),
+            jpeg_draft=settings.ingest_jpeg_draft,
+        )
         self.pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="pe-ray-decode")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [
-            SourceItem(uri=str(uri), path=Path(path) if path else None, url=str(url) if url else None)
-            for uri, path, url in zip(batch["uri"], batch["path"], batch["url"], strict=True)
+            SourceItem(
+                uri=str(uri),
+                path=Path(path) if path else None,
+                url=str(url) if url else None,
+                object_url=str(obj) if obj else None,
+            )
+            for uri, path, url, obj in zip(batch["uri"], batch["path"], batch["url"], batch["object"], strict=True)
         ]
         outcomes = list(self.pool.map(self.preparer.prepare, items))
         vectors = embed_unique(self.encoder, [(o.sha256, o.pixels) for o in outcomes if not isinstance(o, Rejected)])

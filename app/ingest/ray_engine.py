@@ -183,7 +183,13 @@ class RayIngestor:
             gcs_alive=lambda: gcs_alive_actors("EmbedActor"),
         )
         rows = [
-            {"n": n, "uri": item.uri, "path": str(item.path) if item.path else "", "url": item.url or ""}
+            {
+                "n": n,
+                "uri": item.uri,
+                "path": str(item.path) if item.path else "",
+                "url": item.url or "",
+                "object": item.object_url or "",
+            }
             for n, item in enumerate(todo)
         ]
         with (

@@ -1,18 +1,29 @@
-"""Server-side ingest: which paths a job may read, and building the job that reads them."""
+"""Server-side ingest: which sources a job may read, and running a recorded job over them.
+
+A job may read local folders and manifests under PE_SEARCH_INGEST_ROOTS, and object-storage
+prefixes listed there too (`s3://bucket/prefix`). What a job reads is decided when it is
+submitted and stored with it, so a resumed job reads the same source again.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from app.errors import ForbiddenPathError, InvalidInputError
-from app.ingest.jobs import Job, JobManager
+from app.ingest.changes import apply_changes, sync_folder
+from app.ingest.jobs import JobManager
 from app.ingest.near_duplicates import NearDuplicatePolicy, NearMode
 from app.ingest.pipeline import BatchObserver, Ingestor
-from app.ingest.sources import Rejected, SourceItem, folder_items, manifest_items, url_list_items
+from app.ingest.sources import Rejected, SourceItem, folder_items, manifest_items, object_items, url_list_items
+from app.ingest.writer import IngestSummary
 from app.media.fetch import UrlFetcher
+from app.media.objects import ObjectStorage, is_object_url, under_prefix
 from app.model.registry import ModelRegistry
 from app.settings import Settings
+from index.job_records import JobRecord
 from index.store import VectorStore
 
 
@@ -32,15 +43,14 @@ class IngestService:
         registry: ModelRegistry,
         fetcher: UrlFetcher,
         settings: Settings,
-        jobs: JobManager,
         on_batch: BatchObserver | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.fetcher = fetcher
         self.settings = settings
-        self.jobs = jobs
         self.on_batch = on_batch
+        self.jobs = JobManager(records=store.jobs, run=self.run_job, check=self.source_gone)
 
     def start(
         self,
@@ -52,30 +62,88 @@ class IngestService:
         model: str | None,
         near_duplicates: NearMode | None = None,
         near_threshold: float | None = None,
-    ) -> Job:
-        near = None
-        if near_duplicates is not None:
-            near = NearDuplicatePolicy(near_duplicates, near_threshold or self.settings.duplicate_threshold)
-        roots = self.settings.ingest_root_paths
-        path = allowed_path(source, roots)
-        if not path.exists():
+    ) -> JobRecord:
+        """Check the source against the allowed roots and prefixes, then queue a job reading it."""
+        resolved = self._allowed(source, kind)
+        if not is_object_url(resolved) and not Path(resolved).exists():
             raise InvalidInputError(f"{source} does not exist.")
-        readers: dict[str, Callable[[], Iterable[SourceItem | Rejected]]] = {
-            "folder": lambda: folder_items(path),
-            "manifest": lambda: manifest_items(path, column, allowed_roots=roots),
-            "urls": lambda: url_list_items(path),
+        options = {
+            "column": column,
+            "model": model,
+            "near_duplicates": near_duplicates,
+            "near_threshold": near_threshold,
         }
+        return self.jobs.submit(collection=collection, kind=kind, source=resolved, options=options)
 
-        def ingestor() -> Ingestor:
-            # Resolved in the job's thread: loading a model can take a while.
-            encoder = self.registry.get(model or self.store.model_of(collection))
-            return Ingestor.from_settings(
-                self.settings,
-                store=self.store,
-                encoder=encoder,
-                fetcher=self.fetcher,
-                on_batch=self.on_batch,
-                near_duplicates=near,
+    def _allowed(self, source: str, kind: str) -> str:
+        if is_object_url(source):
+            if kind != "folder":
+                raise InvalidInputError("an object-storage source is read as a folder (kind 'folder')")
+            if not under_prefix(source, self.settings.ingest_object_prefixes):
+                raise ForbiddenPathError(source)
+            return source
+        return str(allowed_path(source, self.settings.ingest_root_paths))
+
+    def source_gone(self, record: JobRecord) -> str | None:
+        """Why a recorded job can no longer run (checked on resume), or None."""
+        if record.kind == "changes" or is_object_url(record.source):
+            return None  # a bucket is listed again by the run itself, which reports what it finds
+        try:
+            path = allowed_path(record.source, self.settings.ingest_root_paths)
+        except ForbiddenPathError:
+            return f"{record.source} is no longer under PE_SEARCH_INGEST_ROOTS"
+        return None if path.exists() else f"{record.source} no longer exists"
+
+    def run_job(
+        self, record: JobRecord, progress: Callable[[IngestSummary], None], cancel: threading.Event
+    ) -> IngestSummary:
+        """Run a recorded job to its end (or its cancellation); what it already committed is skipped as unchanged."""
+        options = record.options
+        ingestor = self._ingestor(record.collection, options)
+        if record.options.get("prune"):
+            return sync_folder(
+                ingestor, collection=record.collection, root=Path(record.source), progress=progress, cancel=cancel
             )
+        if record.kind == "changes":
+            return apply_changes(
+                ingestor,
+                collection=record.collection,
+                root=Path(record.source),
+                upserts=[Path(p) for p in options.get("paths", [])],
+                deletes=[Path(p) for p in options.get("deleted", [])],
+                progress=progress,
+                cancel=cancel,
+            )
+        return ingestor.run(self._items(record), collection=record.collection, progress=progress, cancel=cancel)
 
-        return self.jobs.submit(source=str(path), collection=collection, items=readers[kind], ingestor=ingestor)
+    def _items(self, record: JobRecord) -> Iterable[SourceItem | Rejected]:
+        source, column = record.source, record.options.get("column")
+        if is_object_url(source):
+            return object_items(source, ObjectStorage(self.settings.object_policy()))
+        readers: dict[str, Callable[[], Iterable[SourceItem | Rejected]]] = {
+            "folder": lambda: folder_items(Path(source)),
+            "manifest": lambda: manifest_items(
+                Path(source),
+                column,
+                allowed_roots=self.settings.ingest_root_paths,
+                allowed_objects=self.settings.ingest_object_prefixes,
+            ),
+            "urls": lambda: url_list_items(Path(source)),
+        }
+        return readers[record.kind]()
+
+    def _ingestor(self, collection: str, options: dict[str, Any]) -> Ingestor:
+        near = None
+        if options.get("near_duplicates"):
+            threshold = options.get("near_threshold") or self.settings.duplicate_threshold
+            near = NearDuplicatePolicy(options["near_duplicates"], threshold)
+        # Resolved in the job's thread: loading a model can take a while.
+        encoder = self.registry.get(options.get("model") or self.store.model_of(collection))
+        return Ingestor.from_settings(
+            self.settings,
+            store=self.store,
+            encoder=encoder,
+            fetcher=self.fetcher,
+            on_batch=self.on_batch,
+            near_duplicates=near,
+        )

@@ -13,6 +13,7 @@ from typing import Any
 
 from app.errors import SourceError
 from app.media.fetch import is_http_url
+from app.media.objects import ObjectStorage, is_object_url, under_prefix
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -24,6 +25,9 @@ class SourceItem:
     uri: str
     path: Path | None = None
     url: str | None = None
+    # s3://, gs:// or az://: read through app.media.objects, in the same decode threads as files.
+    object_url: str | None = None
+    etag: str | None = None
     data: bytes | None = None
     root: Path | None = None
     size: int | None = None
@@ -74,6 +78,13 @@ def count_folder(root: Path) -> int:
     )
 
 
+def object_items(url: str, storage: ObjectStorage) -> Iterator[SourceItem | Rejected]:
+    """Every image object under an s3:// (gs://, az://) prefix, streamed as the store lists them."""
+    for info in storage.list(url):
+        if Path(info.url).suffix.lower() in IMAGE_EXTENSIONS:
+            yield SourceItem(uri=info.url, object_url=info.url, size=info.size, etag=info.etag)
+
+
 def url_list_items(path: Path) -> Iterator[SourceItem | Rejected]:
     """One URL a line; blank lines and # comments are skipped."""
     for line in _read_text(path).splitlines():
@@ -84,12 +95,16 @@ def url_list_items(path: Path) -> Iterator[SourceItem | Rejected]:
 
 
 def manifest_items(
-    path: Path, column: str | None = None, allowed_roots: tuple[Path, ...] | None = None
+    path: Path,
+    column: str | None = None,
+    allowed_roots: tuple[Path, ...] | None = None,
+    allowed_objects: tuple[str, ...] | None = None,
 ) -> Iterator[SourceItem | Rejected]:
     """A CSV (header row), JSONL or Parquet manifest: a path/URL column, every other column is metadata.
 
     Relative paths are taken from the manifest's folder, which is also their root. With
-    `allowed_roots` (server-side jobs), files elsewhere are refused.
+    `allowed_roots` (server-side jobs), files elsewhere are refused, and object URLs outside
+    `allowed_objects`.
     """
     suffix = path.suffix.lower()
     rows: Iterator[tuple[int, dict[str, Any] | Rejected]]
@@ -112,6 +127,11 @@ def manifest_items(
             yield Rejected(f"{path}:{number}", f"row {number}: the {key} holds a NUL character")
         elif is_http_url(location):
             yield SourceItem(uri=location, url=location, metadata=row)
+        elif is_object_url(location):
+            if allowed_roots is not None and not under_prefix(location, allowed_objects or ()):
+                yield Rejected(location, "the object is outside the allowed ingest prefixes")
+            else:
+                yield SourceItem(uri=location, object_url=location, metadata=row)
         else:
             target = (Path(location) if Path(location).is_absolute() else root / location).resolve()
             item_root = _root_for(target, (root,) if allowed_roots is None else allowed_roots)

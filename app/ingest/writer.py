@@ -16,7 +16,7 @@ import numpy as np
 
 from app.ingest.near_duplicates import NearDuplicate, NearDuplicatePolicy, screen
 from app.ingest.sources import Rejected, SourceItem
-from index.dto import CollectionInfo, NewImage
+from index.dto import CollectionInfo, KnownSource, NewImage
 from index.errors import MissingVectorError
 from index.store import VectorStore
 
@@ -38,6 +38,8 @@ class IngestSummary:
     near_duplicates: list[NearDuplicate] = field(default_factory=list)
     near_found: int = 0
     near_skipped: int = 0
+    # Sources forgotten because their file was deleted (watched folders, pruned folders).
+    removed: int = 0
 
     @property
     def processed(self) -> int:
@@ -57,6 +59,7 @@ class IngestSummary:
             ],
             "near_duplicates_found": self.near_found,
             "near_duplicates_skipped": self.near_skipped,
+            "removed": self.removed,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(rate, 2),
         }
@@ -129,13 +132,17 @@ def unchanged_uris(store: VectorStore, *, collection_id: int, entries: Iterable[
     """The uris among `entries` that need no reading: already stored and, for files, of the same size and mtime."""
     items = [e for e in entries if isinstance(e, SourceItem) and e.data is None]
     known = store.known_sources(collection_id, [item.uri for item in items]) if items else {}
-    unchanged: set[str] = set()
-    for item in items:
-        seen = known.get(item.uri)
-        # A URL is taken as immutable; a file as unchanged while its size and mtime are.
-        if seen is not None and (item.url is not None or (seen[0], seen[1]) == (item.size, item.mtime)):
-            unchanged.add(item.uri)
-    return unchanged
+    return {item.uri for item in items if item.uri in known and _same(item, known[item.uri])}
+
+
+def _same(item: SourceItem, seen: KnownSource) -> bool:
+    """A URL is taken as immutable; a file as unchanged while its size and mtime are; an object while its
+    ETag and size are (an object without a listed ETag, from a manifest, is read again: hashing it tells)."""
+    if item.url is not None:
+        return True
+    if item.object_url is not None:
+        return item.etag is not None and (item.etag, item.size) == (seen.etag, seen.size)
+    return (item.size, item.mtime) == (seen.size, seen.mtime)
 
 
 def image_row(
@@ -161,6 +168,7 @@ def image_row(
         root=str(item.root) if item.root else None,
         size=item.size,
         mtime=item.mtime,
+        etag=item.etag,
     )
 
 

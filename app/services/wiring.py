@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from app.ingest.jobs import JobManager
 from app.ingest.pipeline import BatchObserver
 from app.ingest.service import IngestService
+from app.ingest.watched_folders import WatchedFolders
 from app.media.uploads import UploadFiles
 from app.model.registry import ModelRegistry
 from app.runtime.batcher import MicroBatcher
@@ -36,13 +37,24 @@ class Services:
     thumbnails: Thumbnails
     jobs: JobManager
     ingest: IngestService
+    watched: WatchedFolders
 
     @property
     def registry(self) -> ModelRegistry:
         return self.encoders.registry
 
+    def start_jobs(self) -> None:
+        """The writer's background work: jobs left by the last process resumed, then watched folders synced.
+        A reader runs no jobs (it cannot write)."""
+        if self.settings.read_only:
+            return
+        self.jobs.resume()
+        self.jobs.start()
+        self.watched.start()
+
     async def aclose(self, *, checkpoint: bool = True) -> None:
-        """Stop the jobs and workers, then close the store (checkpointing the indexes, unless told not to)."""
+        """Stop the watchers, jobs and workers, then close the store (checkpointing the indexes, unless told not to)."""
+        self.watched.close()
         self.jobs.close()
         await self.batcher.close()
         self.runner.close()
@@ -75,7 +87,9 @@ def build_services(
         text_cache_size=settings.text_cache_size,
     )
     uploads = UploadFiles(settings.uploads_dir)
-    jobs = JobManager()
+    ingest = IngestService(
+        store=store, registry=encoders.registry, fetcher=encoders.fetcher, settings=settings, on_batch=on_batch
+    )
     return Services(
         settings=settings,
         encoders=encoders,
@@ -91,13 +105,7 @@ def build_services(
         thumbnails=Thumbnails(
             directory=settings.data_dir / "thumbnails", store=store, uploads=uploads, fetcher=encoders.fetcher
         ),
-        jobs=jobs,
-        ingest=IngestService(
-            store=store,
-            registry=encoders.registry,
-            fetcher=encoders.fetcher,
-            settings=settings,
-            jobs=jobs,
-            on_batch=on_batch,
-        ),
+        jobs=ingest.jobs,
+        ingest=ingest,
+        watched=WatchedFolders(folders=settings.watched_folders, jobs=ingest.jobs, settle_s=settings.watch_settle_s),
     )

@@ -58,6 +58,12 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def locked(directory: Path) -> contextlib.AbstractContextManager[None]:
+    """The writers' lock, for a reader that needs the pointer and the files it names to stay put meanwhile
+    (a backup copying them): while it is held no checkpoint is written and none of its files is removed."""
+    return _locked(directory)
+
+
 def save(directory: Path, index: VectorIndex, checkpoint: Checkpoint) -> Checkpoint:
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
