@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     object_connect_timeout: float = Field(default=5.0, gt=0)
     object_read_timeout: float = Field(default=30.0, gt=0)
     object_retries: int = Field(default=3, ge=1, le=20)
+    # Server-side ingest jobs running at once, each of another collection (one per collection at a time):
+    # a watched folder's few changes need not wait behind a long ingest elsewhere.
+    ingest_jobs: int = Field(default=2, ge=1, le=16)
     ingest_batch: int = Field(default=32, ge=1, le=1024)
     ingest_workers: int = Field(default=4, ge=1, le=64)
     # Decode JPEGs much larger than the model input at 1/2-1/8 scale (libjpeg draft mode) when ingesting.

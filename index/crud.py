@@ -196,11 +196,13 @@ def remove_sources(session: Session, *, collection_id: int, uris: Sequence[str])
     return len(found), orphans
 
 
-def source_uris(session: Session, *, collection_id: int, root: str, after: str = "", limit: int = 1000) -> list[str]:
-    """The uris ingested from under `root`, in uri order after `after`: a folder's known files, a page at a time."""
+def source_uris(session: Session, *, collection_id: int, under: str, after: str = "", limit: int = 1000) -> list[str]:
+    """The uris under the folder `under` (its path and a separator), in uri order after `after`, a page at a time."""
+    prefix = under.rstrip("/") + "/"
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     rows = session.scalars(
         select(Source.uri)
-        .where(Source.collection_id == collection_id, Source.root == root, Source.uri > after)
+        .where(Source.collection_id == collection_id, Source.uri.like(pattern, escape="\\"), Source.uri > after)
         .order_by(Source.uri)
         .limit(limit)
     )

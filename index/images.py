@@ -105,12 +105,12 @@ class ImageMethods:
             self.live.synced(collection_id)
         return removed, len(deleted)
 
-    def iter_source_uris(self, collection_id: int, root: str) -> Iterator[str]:
-        """Every uri ingested from under the folder `root`, a page at a time."""
+    def iter_source_uris(self, collection_id: int, under: str) -> Iterator[str]:
+        """Every uri ingested from under the folder `under`, at any depth, a page at a time."""
         after = ""
         while True:
             with self.sessions() as session:
-                page = crud.source_uris(session, collection_id=collection_id, root=root, after=after)
+                page = crud.source_uris(session, collection_id=collection_id, under=under, after=after)
             if not page:
                 return
             yield from page

@@ -31,6 +31,7 @@ class JobRecord:
     summary: dict[str, Any]
     error: str | None
     attempts: int
+    cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -51,6 +52,7 @@ def _record(row: IngestJob) -> JobRecord:
         summary=dict(row.summary or {}),
         error=row.error,
         attempts=row.attempts,
+        cancel_requested=bool(row.cancel_requested),
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -74,6 +76,7 @@ def add_job(
         status="queued",
         summary={},
         attempts=0,
+        cancel_requested=False,
         created_at=utcnow(),
     )
     session.add(row)
@@ -124,6 +127,30 @@ def finish_job(
     session.execute(update(IngestJob).where(IngestJob.id == job_id).values(**values))
 
 
+def request_cancel(session: Session, *, job_id: str) -> None:
+    session.execute(
+        update(IngestJob).where(IngestJob.id == job_id, IngestJob.status.in_(UNFINISHED)).values(cancel_requested=True)
+    )
+
+
+def requeue(session: Session, *, job_id: str, summary: dict[str, Any] | None = None) -> None:
+    """Running -> queued: stopped with the process, to run again at the next start."""
+    values: dict[str, Any] = {"status": "queued"}
+    if summary is not None:
+        values["summary"] = summary
+    session.execute(update(IngestJob).where(IngestJob.id == job_id, IngestJob.status.in_(UNFINISHED)).values(**values))
+
+
+def interrupt_unfinished(session: Session, *, reason: str) -> int:
+    """Every queued or running job ended as interrupted (a restored backup's, whose process is gone)."""
+    result = session.execute(
+        update(IngestJob)
+        .where(IngestJob.status.in_(UNFINISHED))
+        .values(status="interrupted", error=reason, finished_at=utcnow())
+    )
+    return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
 def cancel_queued(session: Session, *, job_id: str) -> bool:
     """A queued job cancelled before it starts; False if it is running or finished."""
     result = session.execute(
@@ -169,6 +196,14 @@ class JobRecords:
     ) -> None:
         with self.sessions.begin() as session:
             finish_job(session, job_id=job_id, status=status, summary=summary, error=error)
+
+    def request_cancel(self, job_id: str) -> None:
+        with self.sessions.begin() as session:
+            request_cancel(session, job_id=job_id)
+
+    def requeue(self, job_id: str, *, summary: dict[str, Any] | None = None) -> None:
+        with self.sessions.begin() as session:
+            requeue(session, job_id=job_id, summary=summary)
 
     def cancel_queued(self, job_id: str) -> bool:
         with self.sessions.begin() as session:

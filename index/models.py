@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -183,6 +184,8 @@ class IngestJob(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Runs started: 2 or more means it was resumed after a restart.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A DELETE while it ran: kept, so a restart before the batch ends does not run the job again.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -165,20 +165,50 @@ def test_denied_credentials_are_a_readable_error(tmp_path: Path) -> None:
     assert "access denied" in message and "testing-secret" not in message
 
 
+def test_an_object_over_the_size_limit_is_refused_before_its_body_is_read(s3, library, encoder, tmp_path) -> None:
+    small = storage(s3, max_bytes=4096)
+    summary = ingestor(open_store(tmp_path), encoder, small).run(
+        object_items(f"s3://{BUCKET}/lib", small), collection="s"
+    )
+    too_big = {uri: reason for uri, reason in summary.failed if "over the 4096-byte limit" in reason}
+    assert len(too_big) == 8 and summary.added == 0, summary.failed
+
+
+def test_a_resumed_bucket_job_is_checked_against_the_prefixes_as_they_are_now(client: TestClient, monkeypatch):
+    from datetime import UTC, datetime
+
+    from index.job_records import JobRecord
+
+    ingest = client.app.state.services.ingest
+    record = JobRecord(
+        id="j", collection="c", kind="folder", source="s3://b/private/x", options={}, status="running",
+        summary={}, error=None, attempts=1, cancel_requested=False, created_at=datetime.now(UTC),
+        started_at=None, finished_at=None,
+    )  # fmt: skip
+    monkeypatch.setattr(client.app.state.settings, "ingest_roots", "s3://b/private")
+    assert ingest.source_gone(record) is None
+    monkeypatch.setattr(client.app.state.settings, "ingest_roots", "s3://b/public")
+    assert "no longer under PE_SEARCH_INGEST_ROOTS" in ingest.source_gone(record)
+
+
 @pytest.mark.parametrize(
     "url,allowed",
     [
         ("s3://b/photos/x.jpg", True),
         ("s3://b/photos", True),
+        ("s3://b/photos/", True),
+        ("S3://b/photos/x.jpg", True),
         ("s3://b/photos-private/x.jpg", False),
         ("s3://b/photos/../private/x.jpg", False),
         ("s3://other/photos/x.jpg", False),
         ("gs://b/photos/x.jpg", False),
         ("/srv/photos/x.jpg", False),
+        ("gcs://g/photos/x.jpg", True),  # gs:// and gcs:// are one store
+        ("s3:///photos/x.jpg", False),
     ],
 )
 def test_allowed_prefixes_are_whole_segments(url: str, allowed: bool) -> None:
-    assert under_prefix(url, ("s3://b/photos/", "/srv")) is allowed
+    assert under_prefix(url, ("s3://b/photos/", "/srv", "gs://g/photos", "s3:///")) is allowed
 
 
 def test_server_job_reads_a_bucket_only_under_an_allowed_prefix(client: TestClient, s3, library, monkeypatch) -> None:

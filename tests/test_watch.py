@@ -85,7 +85,14 @@ def test_watching_adds_changed_and_new_files_and_removes_deleted_ones(tmp_path: 
 
     def loop() -> None:
         for changes in watch_folder(root, stop=stop, settle_s=SETTLE_S, debounce_ms=50, on_ready=ready.set):
-            apply_changes(run, collection="w", root=root, upserts=changes.upserts, deletes=changes.deletes)
+            apply_changes(
+                run,
+                collection="w",
+                root=root,
+                upserts=changes.upserts,
+                deletes=changes.deletes,
+                deleted_dirs=changes.deleted_dirs,
+            )
 
     watcher = threading.Thread(target=loop, daemon=True)
     watcher.start()
@@ -111,10 +118,43 @@ def test_watching_adds_changed_and_new_files_and_removes_deleted_ones(tmp_path: 
         eventually(lambda: str(slow.resolve()) in uris(store, "w"), "the slowly written file")
         assert uris(store, "w")[str(slow.resolve())] == len(data)
         assert store.failures(store.collection("w").id) == []  # never read half-written
+
+        # A folder moved in arrives as one event for the folder; so does one moved out.
+        album = tmp_path / "album"
+        (album / "inner").mkdir(parents=True)
+        for i, name in enumerate(("one.jpg", "inner/two.png")):
+            (album / name).write_bytes(encode(photo(190, 140, seed=40 + i), "PNG" if name.endswith("png") else "JPEG"))
+        moved_in = root / "album"
+        os.rename(album, moved_in)
+        album_uris = {str((moved_in / n).resolve()) for n in ("one.jpg", "inner/two.png")}
+        eventually(lambda: album_uris <= set(uris(store, "w")), "the folder moved in")
+        os.rename(moved_in, tmp_path / "album-out")
+        eventually(lambda: not album_uris & set(uris(store, "w")), "the folder moved out")
+        assert set(uris(store, "w")) == expected | {str(slow.resolve())}
     finally:
         stop.set()
         watcher.join(timeout=30)
     assert not watcher.is_alive()
+
+
+def test_a_sync_never_empties_a_collection_from_a_folder_that_looks_unmounted(tmp_path: Path, encoder) -> None:
+    from app.errors import SourceError
+    from app.ingest.changes import sync_folder
+
+    root = tmp_path / "share"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.jpg").write_bytes(encode(photo(160, 120, seed=50 + i), "JPEG"))
+    store = open_store(tmp_path)
+    run = ingestor(store, encoder)
+    assert sync_folder(run, collection="s", root=root).added == 3
+    (root / "0.jpg").unlink()
+    assert sync_folder(run, collection="s", root=root).removed == 1  # one file gone: its image goes
+    for path in root.iterdir():
+        path.rename(tmp_path / path.name)  # everything gone at once, as an unmounted share looks
+    with pytest.raises(SourceError, match="not removing them"):
+        sync_folder(run, collection="s", root=root)
+    assert len(uris(store, "s")) == 2
 
 
 def test_the_servers_watched_folder_syncs_at_start_and_follows_changes(

@@ -283,6 +283,7 @@ class IngestJobOut(BaseModel):
     summary: dict[str, Any]
     error: str | None
     attempts: int = Field(description="Runs started; 2 or more: resumed after a server restart")
+    cancel_requested: bool = Field(description="DELETE was asked; a running job stops after its current batch")
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -298,6 +299,7 @@ class IngestJobOut(BaseModel):
             summary=job.summary,
             error=job.error,
             attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
             created_at=job.created_at.isoformat(),
             started_at=job.started_at.isoformat() if job.started_at else None,
             finished_at=job.finished_at.isoformat() if job.finished_at else None,

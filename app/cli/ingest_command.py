@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import queue
 import signal
 import sys
 import threading
@@ -120,27 +121,49 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def _watch(args: argparse.Namespace, settings: Settings, ingestor: Ingestor | RayIngestor) -> int:
-    """The folder synced once (vanished files removed too), then each settled batch of changes, until stopped."""
+    """The folder watched, then synced once (vanished files removed too), then each settled batch of changes
+    applied, until stopped. Watching starts first, so a file added during the sync is not missed."""
     from app.ingest.changes import apply_changes, sync_folder
     from app.ingest.pipeline import Ingestor
-    from app.ingest.watch import watch_folder
+    from app.ingest.watch import Changes, watch_folder
 
     assert isinstance(ingestor, Ingestor)
     root = Path(args.source).resolve()
-    stop = threading.Event()
+    stop, ready = threading.Event(), threading.Event()
     # SIGTERM (docker stop, systemd) ends the watch like Ctrl-C: the batch in hand is committed first.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    _report(args, sync_folder(ingestor, collection=args.collection, root=root).to_dict())
+    found: queue.Queue[Changes] = queue.Queue()
 
-    def ready() -> None:
-        print(f"watching {root} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    def follow() -> None:
+        for changes in watch_folder(
+            root, stop=stop, settle_s=args.settle or settings.watch_settle_s, on_ready=ready.set
+        ):
+            found.put(changes)
 
-    for changes in watch_folder(root, stop=stop, settle_s=args.settle or settings.watch_settle_s, on_ready=ready):
+    watcher = threading.Thread(target=follow, name="pe-watch", daemon=True)
+    watcher.start()
+    while not ready.wait(0.1):
+        if not watcher.is_alive():
+            return 2  # watchfiles said why on stderr
+    _report(args, sync_folder(ingestor, collection=args.collection, root=root, cancel=stop).to_dict())
+    print(f"watching {root} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    while not stop.is_set():
+        try:
+            changes = found.get(timeout=0.2)
+        except queue.Empty:
+            continue
         summary = apply_changes(
-            ingestor, collection=args.collection, root=root, upserts=changes.upserts, deletes=changes.deletes
+            ingestor,
+            collection=args.collection,
+            root=root,
+            upserts=changes.upserts,
+            deletes=changes.deletes,
+            deleted_dirs=changes.deleted_dirs,
+            cancel=stop,
         )
         _report(args, summary.to_dict())
+    watcher.join(timeout=10)
     return 0
 
 

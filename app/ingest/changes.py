@@ -2,19 +2,24 @@
 
 Shared by `pe-search ingest DIR --watch` and the server's watched folders (as `changes` jobs).
 A deleted file's source is removed; its image goes too once no other source points at it.
+Only a file that is truly gone (ENOENT) counts as deleted: one that cannot be read right now
+(permissions, a stale network handle) keeps its image.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from app.errors import SourceError
 from app.ingest.pipeline import Ingestor, Progress
 from app.ingest.sources import Rejected, SourceItem, file_item, folder_items
 from app.ingest.writer import IngestSummary
 
+log = logging.getLogger(__name__)
 _REMOVE_CHUNK = 1000
 
 
@@ -25,13 +30,18 @@ def apply_changes(
     root: Path,
     upserts: Sequence[Path],
     deletes: Sequence[Path],
+    deleted_dirs: Sequence[Path] = (),
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> IngestSummary:
     root = root.resolve()
     items: Iterator[SourceItem | Rejected] = (file_item(path, root) for path in upserts if path.exists())
     summary = ingestor.run(items, collection=collection, progress=progress, cancel=cancel)
-    summary.removed += forget(ingestor, collection=collection, uris=[str(_absolute(p)) for p in deletes])
+    gone = [str(_absolute(p)) for p in deletes]
+    info = ingestor.store.collection(collection, exact_count=False)
+    for folder in deleted_dirs:
+        gone += [uri for uri in ingestor.store.iter_source_uris(info.id, str(_absolute(folder))) if is_gone(uri)]
+    summary.removed += forget(ingestor, collection=collection, uris=gone)
     return summary
 
 
@@ -43,13 +53,24 @@ def sync_folder(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> IngestSummary:
-    """The whole folder ingested (unchanged files skipped), then every file known under it but gone since forgotten."""
+    """The whole folder ingested (unchanged files skipped), then every file known under it but gone since forgotten.
+
+    A folder found empty while the collection knows files in it is refused rather than emptied: that is
+    what an unmounted share looks like.
+    """
     root = root.resolve()
-    summary = ingestor.run(folder_items(root), collection=collection, progress=progress, cancel=cancel)
+    seen = [0]
+    summary = ingestor.run(_counted(folder_items(root), seen), collection=collection, progress=progress, cancel=cancel)
     if cancel is not None and cancel.is_set():
         return summary
     info = ingestor.store.collection(collection, exact_count=False)
-    gone = [uri for uri in ingestor.store.iter_source_uris(info.id, str(root)) if not os.path.lexists(uri)]
+    known = ingestor.store.iter_source_uris(info.id, str(root))
+    if seen[0] == 0 and next(iter(known), None) is not None:
+        raise SourceError(
+            f"{root} holds no images now but images were ingested from it: not removing them "
+            "(is the folder or share mounted?); delete them with `pe-search delete` if they are really gone"
+        )
+    gone = [uri for uri in ingestor.store.iter_source_uris(info.id, str(root)) if is_gone(uri)]
     summary.removed += forget(ingestor, collection=collection, uris=gone)
     return summary
 
@@ -61,9 +82,26 @@ def forget(ingestor: Ingestor, *, collection: str, uris: Sequence[str]) -> int:
     removed = 0
     for start in range(0, len(uris), _REMOVE_CHUNK):
         removed += ingestor.store.remove_sources(info.id, uris[start : start + _REMOVE_CHUNK])[0]
+    log.info("%s: %d sources of deleted files removed", collection, removed)
     return removed
 
 
+def is_gone(uri: str) -> bool:
+    try:
+        os.lstat(uri)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _counted(items: Iterable[SourceItem | Rejected], seen: list[int]) -> Iterator[SourceItem | Rejected]:
+    for item in items:
+        seen[0] += 1
+        yield item
+
+
 def _absolute(path: Path) -> Path:
-    """A deleted file's uri as it was ingested: resolved through its (still existing) folders."""
+    """A deleted path's uri as it was ingested: resolved through its (still existing) folders."""
     return path.parent.resolve() / path.name

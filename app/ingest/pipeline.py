@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from app.errors import ImageLoadError
+from app.errors import ImageLoadError, PayloadTooLargeError
 from app.ingest.near_duplicates import NearDuplicatePolicy
 from app.ingest.sources import Rejected, SourceItem
 from app.ingest.writer import (
@@ -102,6 +102,8 @@ class Preparer:
             )
         except ImageLoadError as exc:
             return Rejected(item.uri, exc.cause)
+        except PayloadTooLargeError as exc:  # an object over MAX_IMAGE_BYTES, refused before its body is read
+            return Rejected(item.uri, str(exc))
         except OSError as exc:
             return Rejected(item.uri, f"cannot read the file ({exc.strerror or exc})")
         except Exception as exc:  # noqa: BLE001 - one bad item must never stop the run

@@ -50,7 +50,9 @@ class IngestService:
         self.fetcher = fetcher
         self.settings = settings
         self.on_batch = on_batch
-        self.jobs = JobManager(records=store.jobs, run=self.run_job, check=self.source_gone)
+        self.jobs = JobManager(
+            records=store.jobs, run=self.run_job, check=self.source_gone, workers=settings.ingest_jobs
+        )
 
     def start(
         self,
@@ -85,9 +87,17 @@ class IngestService:
         return str(allowed_path(source, self.settings.ingest_root_paths))
 
     def source_gone(self, record: JobRecord) -> str | None:
-        """Why a recorded job can no longer run (checked on resume), or None."""
-        if record.kind == "changes" or is_object_url(record.source):
-            return None  # a bucket is listed again by the run itself, which reports what it finds
+        """Why a recorded job can no longer run (checked on resume), or None: the same rules as when it was
+        submitted, as the settings now stand."""
+        if is_object_url(record.source):
+            # The bucket itself is listed again by the run, which reports what it finds.
+            allowed = under_prefix(record.source, self.settings.ingest_object_prefixes)
+            return None if allowed else f"{record.source} is no longer under PE_SEARCH_INGEST_ROOTS"
+        if record.kind == "changes" or record.options.get("prune"):
+            watched = {folder.resolve() for _, folder in self.settings.watched_folders}
+            if Path(record.source) not in watched:
+                return f"{record.source} is no longer in PE_SEARCH_WATCH_FOLDERS"
+            return None if Path(record.source).is_dir() else f"{record.source} is not a folder now"
         try:
             path = allowed_path(record.source, self.settings.ingest_root_paths)
         except ForbiddenPathError:
@@ -111,6 +121,7 @@ class IngestService:
                 root=Path(record.source),
                 upserts=[Path(p) for p in options.get("paths", [])],
                 deletes=[Path(p) for p in options.get("deleted", [])],
+                deleted_dirs=[Path(p) for p in options.get("deleted_dirs", [])],
                 progress=progress,
                 cancel=cancel,
             )

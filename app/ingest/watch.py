@@ -27,20 +27,30 @@ Stat = tuple[int, int]  # (size, mtime in ns)
 class Changes:
     upserts: list[Path] = field(default_factory=list)
     deletes: list[Path] = field(default_factory=list)
+    # Gone paths that were not image files: maybe folders moved or deleted whole (one event for the
+    # folder, none for what it held), so every source under them is checked.
+    deleted_dirs: list[Path] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes)
+        return bool(self.upserts or self.deletes or self.deleted_dirs)
 
 
 def is_image(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+# What a path that exists but cannot be read stats as: never "deleted" (a permission change or a stale
+# network handle must not remove images); once it holds still it is handed on, and its read fails with the reason.
+UNREADABLE: Stat = (-1, 0)
+
+
 def _stat(path: Path) -> Stat | None:
     try:
         result = os.stat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:
+        return UNREADABLE
     return result.st_size, result.st_mtime_ns
 
 
@@ -94,7 +104,6 @@ def watch_folder(
     tick_ms = max(50, int(settle_s * 1000 / 2))
     events = watch(
         root,
-        watch_filter=lambda _change, path: is_image(path),
         debounce=debounce_ms,
         step=50,
         stop_event=stop,
@@ -107,15 +116,27 @@ def watch_folder(
             # watchfiles yields (events or a timeout) only from inside its watch loop.
             on_ready()
             on_ready = None
-        deleted: list[Path] = []
+        deleted: set[Path] = set()
+        gone_dirs: set[Path] = set()
         for change, raw in batch:
             path = Path(raw)
-            if change == Change.deleted and not path.exists():
-                deleted.append(path)
-            else:
+            if change == Change.deleted and not os.path.lexists(path):
+                (deleted if is_image(path) else gone_dirs).add(path)
+            elif path.is_dir():
+                # A folder moved or copied in arrives as one event: what it holds is looked at file by file.
+                for inner in _images_under(path):
+                    settler.touched(inner)
+            elif is_image(path):
                 settler.touched(path)
         ready = settler.check()
-        ready.deletes = sorted(set(ready.deletes) | set(deleted))
+        ready.deletes = sorted(set(ready.deletes) | deleted)
+        ready.deleted_dirs = sorted(gone_dirs)
         if ready:
             log.info("%s: %d changed, %d deleted", root, len(ready.upserts), len(ready.deletes))
             yield ready
+
+
+def _images_under(folder: Path) -> Iterator[Path]:
+    for directory, subdirs, files in os.walk(folder, followlinks=False):
+        subdirs.sort()
+        yield from (Path(directory) / name for name in sorted(files) if is_image(name))

@@ -29,12 +29,15 @@ class WatchedFolders:
         self._ready: list[threading.Event] = []
 
     def start(self) -> None:
+        # A sync resumed from the last run does what a new one would.
+        syncing = {(job.collection, job.source) for job in self.jobs.unfinished() if job.options.get("prune")}
         for collection, folder in self.folders:
             root = folder.resolve()
             if not root.is_dir():
                 log.error("PE_SEARCH_WATCH_FOLDERS: %s is not a folder; not watched", folder)
                 continue
-            self.jobs.submit(collection=collection, kind="folder", source=str(root), options={"prune": True})
+            if (collection, str(root)) not in syncing:
+                self.jobs.submit(collection=collection, kind="folder", source=str(root), options={"prune": True})
             ready = threading.Event()
             self._ready.append(ready)
             thread = threading.Thread(
@@ -53,10 +56,12 @@ class WatchedFolders:
             for changes in watch_folder(root, stop=self._stop, settle_s=self.settle_s, on_ready=ready.set):
                 upserts = [str(p) for p in changes.upserts]
                 deletes = [str(p) for p in changes.deletes]
-                for start in range(0, max(len(upserts), len(deletes)), MAX_PATHS_PER_JOB):
+                dirs = [str(p) for p in changes.deleted_dirs]
+                for start in range(0, max(len(upserts), len(deletes), len(dirs)), MAX_PATHS_PER_JOB):
                     options = {
                         "paths": upserts[start : start + MAX_PATHS_PER_JOB],
                         "deleted": deletes[start : start + MAX_PATHS_PER_JOB],
+                        "deleted_dirs": dirs[start : start + MAX_PATHS_PER_JOB],
                     }
                     self.jobs.submit(collection=collection, kind="changes", source=str(root), options=options)
         except Exception:  # noqa: BLE001 - a watcher that dies says so; the server goes on serving

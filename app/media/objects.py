@@ -50,19 +50,32 @@ def split_url(url: str) -> tuple[str, str, str]:
     return scheme, bucket, key
 
 
-def under_prefix(url: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether `url` lies under one of the allowed object prefixes, bucket and key compared as written.
+def _segments(url: str) -> tuple[str, list[str]] | None:
+    """(fsspec protocol, [bucket, key parts...]) of an object URL; None without a bucket, or with a `..`."""
+    scheme = object_scheme(url)
+    if scheme is None:
+        return None
+    parts = url.split("://", 1)[1].split("/")
+    while len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # a trailing slash names the same folder
+    if not parts[0] or ".." in parts:
+        return None
+    return SCHEMES[scheme][0], parts
 
-    A prefix is taken whole-segment: `s3://b/photos` admits `s3://b/photos/x.jpg` but not
-    `s3://b/photos-private/x.jpg`. `..` segments are refused outright, since stores differ on them.
+
+def under_prefix(url: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether `url` lies under one of the allowed object prefixes, compared segment by segment.
+
+    `s3://b/photos` admits `s3://b/photos/x.jpg` but not `s3://b/photos-private/x.jpg`; `gs://` and
+    `gcs://` are one store. A URL or prefix with a `..` segment, or no bucket, matches nothing, since
+    stores differ on what `..` means.
     """
-    if not is_object_url(url) or any(part == ".." for part in url.split("://", 1)[1].split("/")):
+    target = _segments(url)
+    if target is None:
         return False
     for prefix in prefixes:
-        if not is_object_url(prefix):
-            continue
-        base = prefix.rstrip("/")
-        if url == base or url.startswith(base + "/"):
+        allowed = _segments(prefix)
+        if allowed is not None and allowed[0] == target[0] and target[1][: len(allowed[1])] == allowed[1]:
             return True
     return False
 
@@ -104,15 +117,17 @@ class ObjectStorage:
         return fs
 
     def _options(self, protocol: str) -> dict[str, Any]:
+        # fsspec keeps filesystems, and their listings, for the process's life: a second job over a
+        # prefix must see the objects added since the first.
         if protocol != "s3":
-            return {}
+            return {"use_listings_cache": False}
         policy = self.policy
         config = {
             "connect_timeout": policy.connect_timeout,
             "read_timeout": policy.read_timeout,
             "retries": {"max_attempts": policy.retries},
         }
-        options: dict[str, Any] = {"config_kwargs": config}
+        options: dict[str, Any] = {"config_kwargs": config, "use_listings_cache": False}
         if policy.s3_endpoint_url:
             options["endpoint_url"] = policy.s3_endpoint_url
         return options

@@ -16,7 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import make_url
+from sqlalchemy import inspect, make_url
 
 from app import __version__
 from app.errors import BackupError, DamagedBackupError
@@ -35,8 +35,9 @@ from app.services.backup_manifest import (
     verify_files,
 )
 from app.settings import Settings
-from index.db import alembic_config
+from index.db import alembic_config, create_db_engine, session_factory
 from index.files import fsync_dir
+from index.job_records import interrupt_unfinished
 
 # Inside the data dir, so that putting the staged files in place is a rename within one filesystem.
 STAGING = ".pe-search-restore"
@@ -65,6 +66,7 @@ def restore(settings: Settings, src: Path, force: bool = False) -> Summary:
         _integrity_check(src / SQLITE_FILE)
     # Nothing was written before this line: every refusal above leaves the target as it was.
     _install(settings, src, manifest, db_path, pg_restore)
+    _end_copied_jobs(settings)
     return Summary("restore", src, settings.data_dir, manifest, time.monotonic() - started, replaced=replaced)
 
 
@@ -166,6 +168,18 @@ def _install(settings: Settings, src: Path, manifest: Manifest, db_path: Path | 
         for suffix in ("", *_SQLITE_SIDE_FILES):
             _old(db_path, suffix).unlink(missing_ok=True)
         fsync_dir(db_path.parent)
+
+
+def _end_copied_jobs(settings: Settings) -> None:
+    """Jobs that were running or queued when the backup was taken ran in a process that is gone: left
+    unfinished, the restored server would resume them and move the store past the backup's watermark."""
+    engine = create_db_engine(settings.db_url)
+    try:
+        if inspect(engine).has_table("ingest_jobs"):  # a backup of a schema before revision 0006 has none
+            with session_factory(engine).begin() as session:
+                interrupt_unfinished(session, reason="restored from a backup taken while it ran; submit it again")
+    finally:
+        engine.dispose()
 
 
 def _old(db_path: Path, suffix: str) -> Path:

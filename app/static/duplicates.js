@@ -56,8 +56,13 @@ function keepOnly(id, group, collection) {
   return deleteImages(group.images.map((i) => i.id).filter((other) => other !== id), collection);
 }
 
+// Bumped by each showDuplicates: an answer that arrives after a newer request was made is dropped,
+// so a slow first load cannot add its groups beside the ones the user asked for since.
+let dupRequest = 0;
+
 async function showDuplicates(collection, prefix = "") {
   showView("duplicates");
+  const request = ++dupRequest;
   const threshold = Number($("dup-threshold").value) || 0.99;
   dupStatus("Looking for near-duplicates…");
   $("dup-groups").replaceChildren();
@@ -66,9 +71,12 @@ async function showDuplicates(collection, prefix = "") {
   try {
     report = await api(`/collections/${encodeURIComponent(collection)}/duplicates?threshold=${threshold}&resolve=keep-largest`);
   } catch (error) {
-    dupStatus(error.message, true);
+    if (request === dupRequest) dupStatus(error.message, true);
     return;
   }
+  if (request !== dupRequest) return;
+  $("dup-groups").replaceChildren();
+  $("dup-exact").replaceChildren();
   $("dup-groups").append(...report.groups.map((group) => {
     const row = document.createElement("li");
     row.className = "dup-group";

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column('summary', sa.JSON(), nullable=False),
         sa.Column('error', sa.Text(), nullable=True),
         sa.Column('attempts', sa.Integer(), nullable=False, server_default='0'),
+        sa.Column('cancel_requested', sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column('created_at', sa.DateTime(), nullable=False),
         sa.Column('started_at', sa.DateTime(), nullable=True),
         sa.Column('finished_at', sa.DateTime(), nullable=True),
