@@ -9,7 +9,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from index import crud, vector_rows
+from index import crud, source_rows, vector_rows
 from index.dto import ImageRecord, KnownSource, NewImage
 from index.errors import ImageNotFoundError, ReadOnlyError
 from index.live import LiveIndexes
@@ -100,7 +100,7 @@ class ImageMethods:
         """Forget these uris in the collection; returns (sources removed, images deleted with their last source)."""
         self._writable("remove sources")
         with self.sessions() as session, session.begin():
-            removed, deleted = crud.remove_sources(session, collection_id=collection_id, uris=uris)
+            removed, deleted = source_rows.remove_sources(session, collection_id=collection_id, uris=uris)
         if deleted:
             self.live.synced(collection_id)
         return removed, len(deleted)
@@ -110,7 +110,7 @@ class ImageMethods:
         after = ""
         while True:
             with self.sessions() as session:
-                page = crud.source_uris(session, collection_id=collection_id, under=under, after=after)
+                page = source_rows.source_uris(session, collection_id=collection_id, under=under, after=after)
             if not page:
                 return
             yield from page

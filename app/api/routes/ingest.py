@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 
 from app.api.auth import ReadAccess, WriteAccess
 from app.api.deps import IngestDep, JobsDep
+from app.api.ingest_schemas import IngestJobOut, IngestRequest
 from app.api.schemas import ErrorResponse
-from app.api.store_schemas import IngestJobOut, IngestRequest
 from app.runtime.executor import run_blocking
 
 router = APIRouter(
