@@ -19,6 +19,7 @@ SCENARIOS = {
     "compose": "bench.compose",
     "metadata": "bench.metadata_filter",
     "objects": "bench.object_ingest",
+    "backup": "bench.backup",
 }
 
 

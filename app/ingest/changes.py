@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from app.errors import SourceError
 from app.ingest.pipeline import Ingestor, Progress
 from app.ingest.sources import Rejected, SourceItem, file_item, folder_items
 from app.ingest.writer import IngestSummary
+from index.store import VectorStore
 
 log = logging.getLogger(__name__)
 _REMOVE_CHUNK = 1000
@@ -38,10 +39,11 @@ def apply_changes(
     items: Iterator[SourceItem | Rejected] = (file_item(path, root) for path in upserts if path.exists())
     summary = ingestor.run(items, collection=collection, progress=progress, cancel=cancel)
     gone = [str(_absolute(p)) for p in deletes]
-    info = ingestor.store.collection(collection, exact_count=False)
+    store = ingestor.store
+    collection_id = store.collection(collection, exact_count=False).id
     for folder in deleted_dirs:
-        gone += [uri for uri in ingestor.store.iter_source_uris(info.id, str(_absolute(folder))) if is_gone(uri)]
-    summary.removed += forget(ingestor, collection=collection, uris=gone)
+        gone += [uri for uri in store.iter_source_uris(collection_id, str(_absolute(folder))) if is_gone(uri)]
+    summary.removed += forget(store, collection_id, gone)
     return summary
 
 
@@ -59,30 +61,28 @@ def sync_folder(
     what an unmounted share looks like.
     """
     root = root.resolve()
-    seen = [0]
-    summary = ingestor.run(_counted(folder_items(root), seen), collection=collection, progress=progress, cancel=cancel)
+    summary = ingestor.run(folder_items(root), collection=collection, progress=progress, cancel=cancel)
     if cancel is not None and cancel.is_set():
         return summary
-    info = ingestor.store.collection(collection, exact_count=False)
-    known = ingestor.store.iter_source_uris(info.id, str(root))
-    if seen[0] == 0 and next(iter(known), None) is not None:
+    store = ingestor.store
+    collection_id = store.collection(collection, exact_count=False).id
+    known = list(store.iter_source_uris(collection_id, str(root)))
+    gone = [uri for uri in known if is_gone(uri)]
+    if known and len(gone) == len(known) and summary.processed == 0:
         raise SourceError(
             f"{root} holds no images now but images were ingested from it: not removing them "
             "(is the folder or share mounted?); delete them with `pe-search delete` if they are really gone"
         )
-    gone = [uri for uri in ingestor.store.iter_source_uris(info.id, str(root)) if is_gone(uri)]
-    summary.removed += forget(ingestor, collection=collection, uris=gone)
+    summary.removed += forget(store, collection_id, gone)
     return summary
 
 
-def forget(ingestor: Ingestor, *, collection: str, uris: Sequence[str]) -> int:
-    if not uris:
-        return 0
-    info = ingestor.store.collection(collection, exact_count=False)
+def forget(store: VectorStore, collection_id: int, uris: Sequence[str]) -> int:
     removed = 0
     for start in range(0, len(uris), _REMOVE_CHUNK):
-        removed += ingestor.store.remove_sources(info.id, uris[start : start + _REMOVE_CHUNK])[0]
-    log.info("%s: %d sources of deleted files removed", collection, removed)
+        removed += store.remove_sources(collection_id, uris[start : start + _REMOVE_CHUNK])[0]
+    if removed:
+        log.info("Collection %d: %d sources of deleted files removed", collection_id, removed)
     return removed
 
 
@@ -94,12 +94,6 @@ def is_gone(uri: str) -> bool:
     except OSError:
         return False
     return False
-
-
-def _counted(items: Iterable[SourceItem | Rejected], seen: list[int]) -> Iterator[SourceItem | Rejected]:
-    for item in items:
-        seen[0] += 1
-        yield item
 
 
 def _absolute(path: Path) -> Path:

@@ -98,12 +98,15 @@ class JobManager:
         return record
 
     def get(self, job_id: str) -> JobRecord:
-        record = self.records.get(job_id)
-        live = self._live.get(job_id)
-        return replace(record, summary=stored_summary(live)) if live is not None and not record.finished else record
+        return self._with_progress(self.records.get(job_id))
 
     def recent(self, limit: int = 100) -> list[JobRecord]:
-        return [record if record.finished else self.get(record.id) for record in self.records.recent(limit)]
+        return [self._with_progress(record) for record in self.records.recent(limit)]
+
+    def _with_progress(self, record: JobRecord) -> JobRecord:
+        """A running job's counts as of its last batch, not of its last save (once a second)."""
+        live = self._live.get(record.id)
+        return replace(record, summary=stored_summary(live)) if live is not None and not record.finished else record
 
     def unfinished(self) -> list[JobRecord]:
         return self.records.unfinished()

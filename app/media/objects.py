@@ -205,7 +205,16 @@ def describe(exc: BaseException) -> str:
         return f"the bucket or prefix does not exist ({text})"
     if isinstance(exc, PermissionError):
         return f"access denied: check the credentials (environment, profile) and the bucket's policy ({text})"
-    lowered = text.lower()
-    if "could not connect" in lowered or "connect" in lowered and "error" in lowered:
+    if any(isinstance(e, ConnectionError) or "Connect" in type(e).__name__ for e in _chain(exc)):
+        # botocore's EndpointConnectionError, aiohttp's ClientConnectorError, or the OS's own.
         return f"the object store is unreachable ({text})"
     return f"{type(exc).__name__}: {text}"
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
